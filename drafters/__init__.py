@@ -1,0 +1,7 @@
+"""Draft sources for specvlm: n-gram lookup (no weights), independent small LMs, and later trained drafts."""
+
+from .base import Drafter, DraftSession
+from .model import ModelDrafter
+from .ngram import NGramDrafter
+
+__all__ = ["DraftSession", "Drafter", "ModelDrafter", "NGramDrafter"]

@@ -1,0 +1,123 @@
+"""An independent small causal LM as the draft, with its own KV cache and tree attention while drafting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from specvlm.cache import keep_positions
+from specvlm.errors import ModelLoadError
+
+from .base import Drafter, DraftSession
+
+
+class ModelSession(DraftSession):
+    """Draft cache = committed tokens (minus the pending ones) + the tree nodes fed during this step.
+
+    `pending` holds committed tokens the draft has not processed yet; its last element is always the root.
+    """
+
+    def __init__(self, model: PreTrainedModel, prompt_ids: list[int], vocab_size: int, **inputs: Any):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.vocab = vocab_size
+        self.cache = DynamicCache(config=model.config)
+        self.base = 0  # committed tokens in the cache
+        self.pending: list[int] = list(prompt_ids)
+        self.slot: dict[int, int] = {}  # tree node -> cache position, for this step
+        self.node_logits: dict[int, torch.Tensor] = {}  # tree node -> draft logits [V], for this step
+        self.model_inputs = inputs  # e.g. pixel_values: consumed by the first forward
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None) -> torch.Tensor:
+        extra, self.model_inputs = self.model_inputs, {}
+        out = self.model(
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=torch.tensor([positions], device=self.device),
+            attention_mask=mask,
+            past_key_values=self.cache,
+            use_cache=True,
+            **extra,
+        )
+        logits = out.logits[0].float()  # [K, V_draft]
+        if logits.shape[-1] < self.vocab:
+            pad = torch.full((logits.shape[0], self.vocab - logits.shape[-1]), -torch.inf, device=logits.device)
+            logits = torch.cat([logits, pad], dim=-1)
+        return logits[:, : self.vocab]  # [K, V]
+
+    def _feed_pending(self) -> None:
+        """Feed the committed-but-unseen tokens causally; the last one is the root of this step's tree."""
+        ids = self.pending
+        start = self.base
+        n = len(ids)
+        causal = torch.full((n, start + n), torch.finfo(self.dtype).min, dtype=self.dtype)
+        causal[:, :start] = 0
+        causal[:, start:] = torch.triu(causal[:, start:], diagonal=1)
+        logits = self._forward(ids, list(range(start, start + n)), causal[None, None].to(self.device))
+        self.base = start + n - 1  # the root is a tree node for this step
+        self.slot = {0: self.base}
+        self.node_logits = {0: logits[-1]}
+        self.pending = []
+
+    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        if self.pending:
+            self._feed_pending()
+        new = [n for n in nodes if n not in self.slot]
+        if new:
+            past = int(self.cache.get_seq_length())
+            k = len(new)
+            allowed = torch.zeros(k, past + k, dtype=torch.bool)  # [K, past + K]
+            allowed[:, : self.base] = True
+            depth: list[int] = []
+            for row, node in enumerate(new):
+                allowed[row, past + row] = True
+                d, cur = 0, parents[node]
+                while cur >= 0:
+                    if cur not in self.slot:
+                        raise RuntimeError(f"draft asked for node {node} before its ancestor {cur}")
+                    allowed[row, self.slot[cur]] = True
+                    cur, d = parents[cur], d + 1
+                depth.append(d)
+            mask = torch.zeros(k, past + k, dtype=self.dtype).masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            logits = self._forward(
+                [tokens[n] for n in new], [self.base + d for d in depth], mask[None, None].to(self.device)
+            )
+            for row, node in enumerate(new):
+                self.slot[node] = past + row
+                self.node_logits[node] = logits[row]
+        return torch.stack([self.node_logits[n] for n in nodes])  # [len(nodes), V]
+
+    def commit(self, path: list[int], new_tokens: list[int]) -> None:
+        fed = 0
+        while fed < len(path) and path[fed] in self.slot:
+            fed += 1
+        keep_positions(self.cache, self.base, [self.slot[n] for n in path[:fed]])
+        self.base += fed
+        self.pending = list(new_tokens[fed - 1 :])
+        self.slot = {}
+        self.node_logits = {}
+
+
+class ModelDrafter(Drafter):
+    """Any transformers causal LM that shares the target's tokenizer (same ids for the same text)."""
+
+    def __init__(self, model: PreTrainedModel, name: str = "model"):
+        self.model = model.eval()
+        self.name = name
+
+    def check_vocab(self, target_vocab: int, target_tokenizer: Any | None, draft_tokenizer: Any | None) -> None:
+        draft_vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        if target_tokenizer is not None and draft_tokenizer is not None:
+            if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
+                raise ModelLoadError(
+                    "draft and target tokenizers differ: speculative decoding needs the same token ids "
+                    "(pick a draft from the target's family, or draft='ngram')"
+                )
+        elif abs(draft_vocab - target_vocab) > 128 and draft_vocab > target_vocab:
+            raise ModelLoadError(f"draft vocabulary ({draft_vocab}) does not fit the target's ({target_vocab})")
+
+    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
+        return ModelSession(self.model, prompt_ids, vocab_size, **inputs)

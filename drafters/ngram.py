@@ -1,0 +1,73 @@
+"""A weight-free drafter: proposes continuations seen earlier in the prompt and the output (prompt lookup).
+
+q at a node is the count distribution of tokens that followed the longest earlier occurrence (n <= max_n) of the
+context ending at that node. On summarization most easy tokens are copies of the article, so this alone gives a
+real speedup, and a tree covers the several places a phrase occurs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from typing import Any
+
+import torch
+
+from .base import Drafter, DraftSession
+
+
+class NGramSession(DraftSession):
+    def __init__(self, prompt_ids: list[int], vocab_size: int, max_n: int, min_n: int):
+        self.max_n, self.min_n, self.vocab = max_n, min_n, vocab_size
+        self.seq: list[int] = []
+        self.follow: dict[tuple[int, ...], Counter[int]] = defaultdict(Counter)
+        self._extend(prompt_ids)
+
+    def _extend(self, tokens: list[int]) -> None:
+        for tok in tokens:
+            # every n-gram ending at the current last token is followed by `tok`
+            end = len(self.seq)
+            for n in range(self.min_n, self.max_n + 1):
+                if end >= n:
+                    self.follow[tuple(self.seq[end - n : end])][tok] += 1
+            self.seq.append(tok)
+
+    def _counts(self, context: list[int]) -> Counter[int] | None:
+        for n in range(min(self.max_n, len(context)), self.min_n - 1, -1):
+            found = self.follow.get(tuple(context[-n:]))
+            if found:
+                return found
+        return None
+
+    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        out = torch.full((len(nodes), self.vocab), -math.inf)  # [K, V]
+        for row, node in enumerate(nodes):
+            path: list[int] = []
+            cur = node
+            while cur > 0:  # the root is already the last token of self.seq
+                path.append(tokens[cur])
+                cur = parents[cur]
+            context = self.seq[-self.max_n :] + path[::-1]
+            counts = self._counts(context)
+            if counts:
+                ids = torch.tensor(list(counts.keys()), dtype=torch.long)
+                freq = torch.tensor(list(counts.values()), dtype=torch.float32)
+                keep = ids < self.vocab
+                out[row, ids[keep]] = torch.log(freq[keep])
+        return out
+
+    def commit(self, path: list[int], new_tokens: list[int]) -> None:
+        self._extend(new_tokens)
+
+
+class NGramDrafter(Drafter):
+    """Prompt-lookup drafting with count-based probabilities: no weights, no forward passes."""
+
+    def __init__(self, max_n: int = 3, min_n: int = 1):
+        if not 1 <= min_n <= max_n:
+            raise ValueError("need 1 <= min_n <= max_n")
+        self.max_n, self.min_n = max_n, min_n
+        self.name = f"ngram{max_n}"
+
+    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
+        return NGramSession(list(prompt_ids), vocab_size, self.max_n, self.min_n)

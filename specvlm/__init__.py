@@ -1,0 +1,32 @@
+"""specvlm: lossless tree-based speculative decoding for Hugging Face LLMs and LLaVA-style VLMs."""
+
+from .api import Decoder, Generation, generate, load
+from .builders import Autoregressive, BranchingTree, ChainTree, DynamicTree, OptTree, TemplateTree, TreeBuilder
+from .errors import ConfigError, GrowmapError, ImageError, ModelLoadError, PromptError, SpecVLMError
+from .sampling import Sampling
+from .stats import GenerationStats
+from .tree import TokenTree
+
+__all__ = [
+    "Autoregressive",
+    "BranchingTree",
+    "ChainTree",
+    "ConfigError",
+    "Decoder",
+    "DynamicTree",
+    "Generation",
+    "GenerationStats",
+    "GrowmapError",
+    "ImageError",
+    "ModelLoadError",
+    "OptTree",
+    "PromptError",
+    "Sampling",
+    "SpecVLMError",
+    "TemplateTree",
+    "TokenTree",
+    "TreeBuilder",
+    "generate",
+    "load",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,222 @@
+"""The public API: `load` a Decoder, `Decoder.generate` / `stream`, and the cached-default `generate`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from drafters.base import Drafter
+from drafters.model import ModelDrafter
+from drafters.ngram import NGramDrafter
+
+from .builders import TreeBuilder
+from .engine import Request, decode
+from .errors import ConfigError, ImageError, PromptError
+from .models import LoadOptions, ModelSpec, TargetModel, load_causal_lm, resolve_device, resolve_dtype
+from .sampling import Sampling
+from .stats import GenerationStats
+from .trees import make_tree
+
+PromptLike = str | Sequence[int] | torch.Tensor
+
+
+@dataclass
+class Generation:
+    """The result of one generation."""
+
+    text: str
+    tokens: list[int]  # new token ids
+    prompt_ids: list[int]  # ids given to the target, image tokens included
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Decoder:
+    """A target, a drafter and a default tree: generate losslessly faster than the target alone."""
+
+    def __init__(self, target: TargetModel, drafter: Drafter, tree: TreeBuilder | str | None = None):
+        self.target = target
+        self.drafter = drafter
+        self.default_tree = make_tree(tree)
+
+    @property
+    def tokenizer(self) -> Any | None:
+        return self.target.tokenizer
+
+    # -- prompts ---------------------------------------------------------------------------------------------
+    def prompt_ids(self, prompt: PromptLike, *, chat: bool = True) -> list[int]:
+        """Token ids for the target: a str goes through the chat template, ids are used as given."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise PromptError("the prompt is empty: give some text, or a list of token ids")
+            tok = self.tokenizer
+            if tok is None:
+                raise PromptError("this target was given without a tokenizer: pass the prompt as a list of token ids")
+            if chat and getattr(tok, "chat_template", None):
+                ids = tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+                )
+                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                    ids = ids["input_ids"]
+            else:
+                ids = tok(prompt)["input_ids"]
+            ids = [int(i) for i in ids]
+        else:
+            if isinstance(prompt, torch.Tensor):
+                if prompt.dim() > 2 or (prompt.dim() == 2 and prompt.shape[0] != 1):
+                    raise PromptError(f"prompt tensor must be [L] or [1, L], got shape {tuple(prompt.shape)}")
+                prompt = prompt.reshape(-1).tolist()
+            try:
+                ids = [int(i) for i in prompt]
+            except (TypeError, ValueError) as err:
+                raise PromptError("the prompt must be a string or a sequence of integer token ids") from err
+        if not ids:
+            raise PromptError("the prompt has no tokens: give some text, or at least one token id")
+        bad = [i for i in ids if not 0 <= i < self.target.vocab_size]
+        if bad:
+            raise PromptError(
+                f"token id {bad[0]} is outside the target's vocabulary [0, {self.target.vocab_size}): "
+                "check that the ids come from this model's tokenizer"
+            )
+        if len(ids) >= self.target.max_positions:
+            raise PromptError(
+                f"the prompt has {len(ids)} tokens but the target's context window is {self.target.max_positions}: "
+                "shorten the prompt so at least one new token fits"
+            )
+        return ids
+
+    def request(
+        self,
+        image: Any,
+        prompt: PromptLike,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> Request:
+        if image is not None:
+            raise ImageError("this target is a text-only model: drop the image or load a llava target")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        ids = self.prompt_ids(prompt)
+        return Request(tuple(ids), max_new_tokens, Sampling(temperature, top_p, seed))
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def _steps(self, request: Request, tree: TreeBuilder | str | None, stats: GenerationStats) -> Iterator[list[int]]:
+        builder = make_tree(tree, self.default_tree)
+        for step in decode(self.target, self.drafter, builder, request, stats):
+            yield step.tokens
+
+    def generate(
+        self,
+        image: Any = None,
+        prompt: PromptLike = "",
+        *,
+        max_new_tokens: int = 128,
+        tree: TreeBuilder | str | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Generation:
+        """Generate up to `max_new_tokens` tokens; greedy output equals the target's own greedy output."""
+        request = self.request(
+            image, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
+        stats = GenerationStats()
+        tokens = [t for chunk in self._steps(request, tree, stats) for t in chunk]
+        return Generation(
+            text=self.decode_text(tokens), tokens=tokens, prompt_ids=list(request.prompt_ids), stats=stats
+        )
+
+    def stream(
+        self,
+        image: Any = None,
+        prompt: PromptLike = "",
+        *,
+        max_new_tokens: int = 128,
+        tree: TreeBuilder | str | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stats: GenerationStats | None = None,
+    ) -> Iterator[str]:
+        """Yield text pieces as tokens are accepted (whole characters only)."""
+        request = self.request(
+            image, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
+        tokens: list[int] = []
+        shown = ""
+        for chunk in self._steps(request, tree, stats if stats is not None else GenerationStats()):
+            tokens.extend(chunk)
+            text = self.decode_text(tokens)
+            if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+                continue
+            if text.startswith(shown) and len(text) > len(shown):
+                yield text[len(shown) :]
+                shown = text
+        text = self.decode_text(tokens)
+        if len(text) > len(shown) and text.startswith(shown):
+            yield text[len(shown) :]
+
+    def decode_text(self, tokens: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def make_drafter(
+    draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
+) -> Drafter:
+    """A drafter from a spec: None -> the embedded default, "ngram[:N]", a model id / path / GGUF / model."""
+    if isinstance(draft, Drafter):
+        return draft
+    if draft is None or (isinstance(draft, str) and draft.startswith(("ngram", "prompt-lookup"))):
+        n = int(draft.split(":", 1)[1]) if isinstance(draft, str) and ":" in draft else 3
+        return NGramDrafter(max_n=n)
+    model, tok = load_causal_lm(draft, opts)
+    drafter = ModelDrafter(model, name=str(draft) if isinstance(draft, (str, os.PathLike)) else type(model).__name__)
+    drafter.check_vocab(target.vocab_size, target.tokenizer, tok)
+    return drafter
+
+
+def load(
+    target: ModelSpec = None,
+    draft: ModelSpec | Drafter | str = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    tree: TreeBuilder | str | None = None,
+    tokenizer: Any | None = None,
+    trust_remote_code: bool = False,
+) -> Decoder:
+    """Load a target and a draft (hub ids, folders, .gguf files or loaded models; None = embedded defaults)."""
+    if isinstance(target, PreTrainedModel):
+        dev = next(target.parameters()).device
+        opts = LoadOptions(dtype=next(target.parameters()).dtype, device=dev)
+    else:
+        dev = resolve_device(device)
+        opts = LoadOptions(resolve_dtype(dtype, dev), dev, device_map, trust_remote_code)
+    model, tok = load_causal_lm(target, opts)
+    tm = TargetModel(model, tokenizer if tokenizer is not None else tok)
+    return Decoder(tm, make_drafter(draft, tm, opts), tree)
+
+
+_DEFAULT: Decoder | None = None
+
+
+def default_decoder() -> Decoder:
+    global _DEFAULT  # the one cache of the embedded defaults, so repeated calls do not reload weights
+    if _DEFAULT is None:
+        _DEFAULT = load()
+    return _DEFAULT
+
+
+def generate(image: Any = None, prompt: PromptLike = "", **options: Any) -> Generation:
+    """`Decoder.generate` on the embedded defaults, loaded once and cached."""
+    return default_decoder().generate(image, prompt, **options)

@@ -1,0 +1,229 @@
+"""Loading targets and drafts (hub id, folder, GGUF file, in-memory model) and the target's tree forward."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedModel,
+)
+
+from . import embedded
+from .errors import ConfigError, ModelLoadError
+from .tree import TokenTree, tree_attention_mask, tree_position_ids
+
+ModelSpec = str | os.PathLike | PreTrainedModel | None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None -> float32 on CPU, bfloat16 on an accelerator; strings like "float16" or "bf16" are accepted."""
+    if dtype is None or dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+    name = aliases.get(str(dtype), str(dtype))
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ConfigError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
+    return value
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from err
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model: dtype, device (or an accelerate device_map), and explicit opt-ins."""
+
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device_map: str | dict | None = None
+    trust_remote_code: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dtype": self.dtype}
+        if self.device_map is not None:
+            out["device_map"] = self.device_map
+        if self.trust_remote_code:
+            out["trust_remote_code"] = True
+        return out
+
+
+def _place(model: PreTrainedModel, opts: LoadOptions) -> PreTrainedModel:
+    if opts.device_map is None:
+        model = model.to(opts.device)
+    return model.eval()
+
+
+def _save_plain_copy(model: PreTrainedModel, tok: Any, folder: Path) -> None:
+    """Write a dequantised GGUF model as a plain HF folder (config + safetensors + tokenizer), atomically."""
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+    tok.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    tmp.rename(folder)
+
+
+def load_embedded(opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
+    """The embedded SmolLM2-135M-Instruct (GGUF, dequantised once, then read from the local float32 copy)."""
+    gguf = embedded.embedded_gguf()
+    copy = embedded.converted_folder()
+    if (copy / "config.json").exists() and (copy / "tokenizer_config.json").exists():
+        tok = AutoTokenizer.from_pretrained(copy)
+        model = AutoModelForCausalLM.from_pretrained(copy, **opts.kwargs())
+        return _place(model, opts), tok
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        _save_plain_copy(model, tok, copy)
+    except OSError:
+        pass  # read-only home: keep working from the GGUF every time
+    if opts.dtype != torch.float32 or opts.device_map is not None:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **opts.kwargs())
+    return _place(model, opts), tok
+
+
+def load_causal_lm(spec: ModelSpec, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
+    """(model, tokenizer or None) from a hub id, a folder, a .gguf file, an in-memory model, or None (embedded)."""
+    if spec is None:
+        return load_embedded(opts)
+    if isinstance(spec, PreTrainedModel):
+        return spec.eval(), None
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ModelLoadError(f"cannot load a model from {type(spec).__name__}: pass a hub id, a path or a model")
+    path = Path(spec)
+    extra = {"trust_remote_code": True} if opts.trust_remote_code else {}
+    try:
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file not found: {path}")
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **opts.kwargs())
+            return _place(model, opts), tok
+        looks_local = path.exists() or str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1
+        if looks_local and not path.exists():
+            raise ModelLoadError(f"model path not found: {spec} (give an existing folder, a .gguf file or a hub id)")
+        AutoConfig.from_pretrained(str(spec), **extra)
+        model = AutoModelForCausalLM.from_pretrained(str(spec), **opts.kwargs())
+        try:
+            tok = AutoTokenizer.from_pretrained(str(spec), **extra)
+        except (OSError, ValueError):
+            tok = None
+        return _place(model, opts), tok
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"cannot load model {str(spec)!r}: {str(err).splitlines()[0]} "
+            "(check the path or hub id; without network only local folders and .gguf files work)"
+        ) from err
+
+
+def model_device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def model_dtype(model: PreTrainedModel) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def max_positions(model: PreTrainedModel) -> int:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
+
+
+def vocab_size(model: PreTrainedModel) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def eos_ids(model: PreTrainedModel, tokenizer: Any | None) -> frozenset[int]:
+    """EOS ids from the generation config, the model config and the tokenizer, never hard-coded."""
+    found: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, (list, tuple)):
+            found.update(int(v) for v in value)
+    return frozenset(found)
+
+
+@dataclass
+class ForwardTimer:
+    """Seconds spent in model forwards, split by purpose."""
+
+    prefill: float = 0.0
+    score: float = 0.0
+
+
+class TargetModel:
+    """A loaded target: prefill once (with pixel values for a VLM), then score whole trees in one forward each."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None, processor: Any | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.device = model_device(model)
+        self.dtype = model_dtype(model)
+        self.vocab_size = vocab_size(model)
+        self.max_positions = max_positions(model)
+        self.eos = eos_ids(model, tokenizer)
+        self.pad_to = 4 if self.device.type == "cpu" and self.dtype == torch.float32 else 1
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int], cache: DynamicCache, **model_inputs: Any) -> None:
+        """Run the prompt (all but its last token) into `cache`; extra inputs (pixel_values) go to the model."""
+        if not ids:
+            return
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, L]
+        self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **model_inputs)
+
+    @torch.inference_mode()
+    def score(self, tree: TokenTree, cache: DynamicCache) -> torch.Tensor:
+        """Logits p for every node in one forward with a tree mask.  Returns [N, V]; the cache grows by N (+pad)."""
+        past = int(cache.get_seq_length())
+        n = tree.size
+        tokens, parents, depth = tree.tokens, tree.parents, tree.depth
+        if 1 < n < self.pad_to:  # fp32 forwards of 2-3 tokens are slower than of 4 on CPU: pad with copies of the root
+            extra = self.pad_to - n
+            tokens = torch.cat([tokens, tokens[:1].expand(extra)])
+            parents = torch.cat([parents, torch.full((extra,), -1, dtype=torch.long, device=parents.device)])
+            depth = torch.cat([depth, depth.new_zeros(extra)])
+        mask = tree_attention_mask(parents.cpu(), past, self.dtype).to(self.device)  # [1, 1, N', past + N']
+        positions = tree_position_ids(depth, past).to(self.device)  # [1, N']
+        out = self.model(
+            input_ids=tokens[None].to(self.device),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=torch.arange(n, device=self.device),  # no lm_head work for the padding
+        )
+        return out.logits[0, :n]  # [N, V]

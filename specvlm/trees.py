@@ -1,0 +1,33 @@
+"""Tree names users type (`tree="opt"`) turned into builder objects."""
+
+from __future__ import annotations
+
+from .builders import Autoregressive, BranchingTree, ChainTree, DynamicTree, OptTree, TreeBuilder
+from .errors import ConfigError
+
+#: the default static shape until a planned growmap replaces it: wide near the root, a long spine
+DEFAULT_BRANCHING = (4, 2, 2, 1, 1, 1, 1)
+
+TREE_NAMES = ("ar", "chain", "static", "dynamic", "opt")
+
+
+def make_tree(tree: TreeBuilder | str | None, default: TreeBuilder | None = None) -> TreeBuilder:
+    """A builder from a builder, a name, or None (the decoder's default)."""
+    if isinstance(tree, TreeBuilder):
+        return tree
+    if tree is None:
+        return default if default is not None else OptTree(nodes=24, threshold=0.3, max_depth=8)
+    if not isinstance(tree, str):
+        raise ConfigError(f"tree must be a name {TREE_NAMES} or a builder object, got {type(tree).__name__}")
+    name = tree.strip().lower()
+    if name in ("ar", "autoregressive", "none"):
+        return Autoregressive()
+    if name == "chain":
+        return ChainTree()
+    if name == "static":
+        return BranchingTree(DEFAULT_BRANCHING)
+    if name == "dynamic":
+        return DynamicTree()
+    if name in ("opt", "opttree", "opt-tree"):
+        return OptTree()
+    raise ConfigError(f"unknown tree {tree!r}: choose one of {', '.join(TREE_NAMES)} or pass a builder object")
