@@ -10,11 +10,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from drafters.base import Drafter
-from drafters.model import ModelDrafter
-from drafters.ngram import NGramDrafter
-
 from .builders import TreeBuilder
+from .drafting import Drafter
 from .engine import Request, decode
 from .errors import ConfigError, ImageError, PromptError
 from .models import LoadOptions, ModelSpec, TargetModel, load_causal_lm, resolve_device, resolve_dtype
@@ -173,6 +170,9 @@ def make_drafter(
     draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
 ) -> Drafter:
     """A drafter from a spec: None -> the embedded default, "ngram[:N]", a model id / path / GGUF / model."""
+    from drafters.model import ModelDrafter  # drafters depend on specvlm: import them lazily
+    from drafters.ngram import NGramDrafter
+
     if isinstance(draft, Drafter):
         return draft
     if draft is None or (isinstance(draft, str) and draft.startswith(("ngram", "prompt-lookup"))):

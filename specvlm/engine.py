@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from drafters.base import Drafter
-
 from .builders import StepLimits, TreeBuilder
 from .cache import keep_positions
+from .drafting import Drafter
 from .models import TargetModel
 from .sampling import Sampling, make_generator
 from .stats import GenerationStats, StepRecord

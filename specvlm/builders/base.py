@@ -6,8 +6,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from drafters.base import DraftSession
-
+from ..drafting import DraftSession
 from ..sampling import Sampling
 from ..tree import TokenTree
 from .growing import GrowingTree, StepLimits
@@ -37,5 +36,5 @@ def expand(tree: GrowingTree, session: DraftSession, nodes: list[int], widths: l
     """Ask the draft for logits at `nodes` (one draft call) and give node i up to widths[i] children."""
     if not nodes:
         return []
-    logits = session.logits(nodes, tree.tokens, tree.parents)  # [K, V]
-    return [tree.add_children(n, logits[i], w) for i, (n, w) in enumerate(zip(nodes, widths, strict=True))]
+    probs = tree.draft_probs(session.logits(nodes, tree.tokens, tree.parents))  # [K, V]
+    return [tree.add_children(n, probs[i], w) for i, (n, w) in enumerate(zip(nodes, widths, strict=True))]

@@ -33,11 +33,14 @@ class GrowingTree:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def add_children(self, node: int, logits: torch.Tensor, k: int) -> list[int]:
-        """Give `node` up to k children from draft logits [V]: the top-k, or k draws without replacement."""
+    def draft_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """q from draft logits with the same warp as the target's p.  [K, V] -> [K, V] on CPU."""
+        return warp(logits, self.sampling).cpu()
+
+    def add_children(self, node: int, probs: torch.Tensor, k: int) -> list[int]:
+        """Give `node` up to k children from draft probabilities q [V]: the top-k, or k draws without replacement."""
         if k <= 0:
             return []
-        probs = warp(logits[None], self.sampling)[0].cpu()  # [V]
         k = min(k, int((probs > 0).sum()))
         if k == 0 or not math.isfinite(float(probs.sum())):
             return []

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drafters.base import DraftSession
-
+from ..drafting import DraftSession
 from .base import TreeBuilder, expand
 from .growing import GrowingTree, StepLimits
 

@@ -1,0 +1,352 @@
+"""Shared pieces of the eval CLIs: argument groups, loading, error handling, result files and tables.
+
+specvlm (and with it torch and transformers) is imported only inside the functions that need it, so `--help` and
+argument mistakes answer at once instead of after a ten-second import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+if TYPE_CHECKING:
+    from specvlm import Decoder, TreeBuilder
+
+T = TypeVar("T")
+
+#: specvlm.trees.TREE_NAMES, repeated here so that building a parser needs no torch import
+TREE_CHOICES = ("ar", "chain", "static", "dynamic", "opt")
+
+#: which trees each tree-shape flag applies to (argparse dest -> tree names)
+TREE_FLAGS: dict[str, tuple[str, ...]] = {
+    "depth": ("chain", "dynamic"),
+    "budget": ("dynamic",),
+    "nodes": ("opt",),
+    "threshold": ("opt",),
+    "max_depth": ("opt",),
+}
+
+
+# -- argument types ------------------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+# -- argument groups -----------------------------------------------------------------------------------------------
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--target, --draft, --dtype, --device, --device-map, --threads, --trust-remote-code (None = embedded defaults)."""
+    group = parser.add_argument_group("models")
+    group.add_argument(
+        "--target",
+        metavar="MODEL",
+        help="target model: hub id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    group.add_argument(
+        "--draft",
+        metavar="DRAFT",
+        help="draft: 'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), or a folder, .gguf file or hub id of a "
+        "small LM with the target's tokenizer (default: the decoder's default draft)",
+    )
+    group.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
+    group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    group.add_argument("--device-map", metavar="MAP", help="accelerate device map for large targets, e.g. 'auto'")
+    group.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    group.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub (only for models you trust)"
+    )
+
+
+def add_tree_args(parser: argparse.ArgumentParser) -> None:
+    """--tree and its shape flags, and the sampling flags --T/--temperature, --P/--top-p, --seed."""
+    group = parser.add_argument_group("tree and sampling")
+    group.add_argument(
+        "--tree",
+        choices=TREE_CHOICES,
+        help="draft tree shape (default: the decoder's default; a shape flag alone picks its tree)",
+    )
+    group.add_argument("--growmap", metavar="PATH", help="static tree from a growmap file (JSON, or Sequoia .pt)")
+    group.add_argument(
+        "--B", "--budget", dest="budget", type=positive_int, metavar="INT", help="dynamic tree: token budget B"
+    )
+    group.add_argument("--nodes", type=positive_int, metavar="INT", help="opt tree: nodes in the tree")
+    group.add_argument(
+        "--threshold", type=non_negative_float, metavar="FLOAT", help="opt tree: stop growing when E gains less"
+    )
+    group.add_argument("--max-depth", type=positive_int, metavar="INT", help="opt tree: deepest level")
+    group.add_argument("--depth", type=positive_int, metavar="INT", help="chain (or dynamic tree): drafted levels")
+    group.add_argument(
+        "--T",
+        "--temperature",
+        dest="temperature",
+        type=non_negative_float,
+        default=0.0,
+        metavar="FLOAT",
+        help="sampling temperature; 0 = greedy (default: 0)",
+    )
+    group.add_argument(
+        "--P",
+        "--top-p",
+        dest="top_p",
+        type=float,
+        default=1.0,
+        metavar="FLOAT",
+        help="nucleus sampling mass in (0, 1] (default: 1.0)",
+    )
+    group.add_argument("--seed", type=int, help="random seed for sampling (default: fresh randomness)")
+
+
+def add_io_args(parser: argparse.ArgumentParser) -> None:
+    """--limit/--start/--end, --max-new-tokens, --out/--jsonl/--overwrite and --debug."""
+    group = parser.add_argument_group("samples and output")
+    group.add_argument("--limit", type=positive_int, metavar="N", help="run at most N samples")
+    group.add_argument("--start", type=non_negative_int, default=0, metavar="I", help="first sample index (default 0)")
+    group.add_argument("--end", type=non_negative_int, metavar="I", help="stop before this sample index")
+    group.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="default: 128")
+    group.add_argument("--out", metavar="FILE", help="write the JSON summary here")
+    group.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help="per-sample records (default: next to --out with .jsonl, else results/<cli>-<timestamp>.jsonl)",
+    )
+    group.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    group.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+# -- specvlm objects from arguments --------------------------------------------------------------------------------
+def tree_from_args(args: argparse.Namespace) -> TreeBuilder | str | None:
+    """A builder when shape flags are given, else the tree name (None = the decoder's default tree)."""
+    import specvlm
+
+    name: str | None = args.tree
+    given = [key for key in TREE_FLAGS if getattr(args, key, None) is not None]
+    if args.growmap is not None:
+        if name not in (None, "static") or given:
+            raise specvlm.ConfigError("--growmap makes a static tree: drop --tree and the other tree shape flags")
+        static = getattr(specvlm, "StaticTree", None)
+        if static is None:
+            raise specvlm.ConfigError("--growmap needs the growmaps feature, which this specvlm version lacks")
+        return static(growmap=args.growmap)
+    if not given:
+        return name
+    if name is None:
+        owners = set(TREE_CHOICES).intersection(*(TREE_FLAGS[key] for key in given))
+        if len(owners) != 1:
+            flags = ", ".join(_flag(key) for key in given)
+            raise specvlm.ConfigError(f"{flags}: say which tree they shape with --tree {'/'.join(sorted(owners))}")
+        name = owners.pop()
+    for key in given:
+        if name not in TREE_FLAGS[key]:
+            raise specvlm.ConfigError(
+                f"{_flag(key)} does not shape --tree {name}: it is for --tree {TREE_FLAGS[key][0]}"
+            )
+    shape = {key: getattr(args, key) for key in given}
+    if name == "chain":
+        return specvlm.ChainTree(**shape)
+    if name == "dynamic":
+        return specvlm.DynamicTree(**shape)
+    return specvlm.OptTree(**shape)
+
+
+def check_sampling(args: argparse.Namespace) -> None:
+    """Validate --T / --P / --seed before any weights load (specvlm.Sampling owns the rules)."""
+    import specvlm
+
+    specvlm.Sampling(args.temperature, args.top_p, args.seed)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_draft(draft: str | None) -> None:
+    """Catch a malformed 'ngram:N' before any weights load."""
+    if draft is None or not draft.startswith("ngram") or Path(draft).exists():
+        return
+    if draft != "ngram" and not (draft.startswith("ngram:") and draft[6:].isdigit() and int(draft[6:]) >= 1):
+        import specvlm
+
+        raise specvlm.ConfigError(f"--draft {draft!r}: write 'ngram' or 'ngram:N' with N >= 1, e.g. ngram:3")
+
+
+def load_decoder(args: argparse.Namespace) -> Decoder:
+    """specvlm.load with the model flags of `add_model_args`."""
+    import specvlm
+
+    check_draft(args.draft)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return specvlm.load(
+        target=args.target,
+        draft=args.draft,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def describe_tree(builder: object) -> str:
+    """'opt(nodes=24, threshold=0.3, max_depth=8)': a builder's name and shape, for tables and configs."""
+    name = str(getattr(builder, "name", type(builder).__name__))
+    if not dataclasses.is_dataclass(builder):
+        return name
+    parts = []
+    for f in dataclasses.fields(builder):
+        if f.name in ("name", "samples_children"):
+            continue
+        value = getattr(builder, f.name)
+        if f.name == "parents" and isinstance(value, tuple):
+            parts.append(f"nodes={len(value)}")
+        else:
+            parts.append(f"{f.name}={value}")
+    return f"{name}({', '.join(parts)})" if parts else name
+
+
+# -- running a CLI -------------------------------------------------------------------------------------------------
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean 'fix your input': shown as one line, not a traceback."""
+    errors = sys.modules.get("specvlm.errors")  # no specvlm import, no specvlm error
+    found: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError)
+    return (*found, errors.SpecVLMError) if errors is not None else found
+
+
+def run_cli(main_fn: Callable[[], int | None]) -> NoReturn:
+    """Run a CLI main: user errors print `error: <message>` on stderr and exit 2 (tracebacks with --debug)."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        code = main_fn()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.exit(130)
+    except Exception as err:
+        if debug or not isinstance(err, _user_errors()):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
+# -- selecting samples ---------------------------------------------------------------------------------------------
+def select_range(items: Sequence[T], start: int = 0, end: int | None = None, limit: int | None = None) -> list[T]:
+    """items[start:end], then at most `limit` of them."""
+    if start < 0 or (end is not None and end < start) or (limit is not None and limit < 1):
+        raise ValueError(
+            f"bad sample range: start={start}, end={end}, limit={limit} (need 0 <= start <= end, limit >= 1)"
+        )
+    stop = len(items) if end is None else min(end, len(items))
+    if limit is not None:
+        stop = min(stop, start + limit)
+    return [items[i] for i in range(start, stop)]
+
+
+# -- result files --------------------------------------------------------------------------------------------------
+def result_paths(args: argparse.Namespace, cli: str) -> tuple[Path | None, Path]:
+    """(JSON summary or None, JSONL records); refuses existing files unless --overwrite."""
+    out = Path(args.out) if args.out else None
+    if args.jsonl:
+        jsonl = Path(args.jsonl)
+    elif out is not None:
+        jsonl = out.with_suffix(".jsonl")
+    else:
+        jsonl = Path("results") / f"{cli}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    if out is not None and out.resolve() == jsonl.resolve():
+        raise ValueError(f"--out and --jsonl are the same file ({out}): give them different names")
+    for path in (out, jsonl):
+        if path is not None:
+            check_writable(path, args.overwrite)
+    return out, jsonl
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise FileExistsError(f"{path} is a folder: give a file name")
+    if path.exists() and not overwrite:
+        import specvlm
+
+        raise specvlm.SpecVLMError(f"{path} already exists: pass --overwrite to replace it, or choose another name")
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return describe_tree(value)
+    return repr(value)
+
+
+def write_json(path: str | Path, obj: Any, overwrite: bool) -> None:
+    path = Path(path)
+    check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]], *, append: bool = False) -> None:
+    """One JSON object per line; `append=True` adds to the file (records survive an interrupted run)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if append else "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+
+
+# -- tables --------------------------------------------------------------------------------------------------------
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if math.isfinite(value) else str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A GitHub markdown table; floats get 2 decimals, missing values '-'. Numbers align right."""
+    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    width = [max([len(col), 3, *(len(r[i]) for r in cells)]) for i, col in enumerate(columns)]
+    numeric = [all(isinstance(row.get(col), (int, float)) or row.get(col) is None for row in rows) for col in columns]
+
+    def line(values: list[str]) -> str:
+        padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, width, numeric, strict=True)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(
+        ("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(width, numeric, strict=True)
+    )
+    return "\n".join([line(columns), rule + "|", *(line(r) for r in cells)])

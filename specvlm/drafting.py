@@ -1,0 +1,36 @@
+"""The drafter interface the tree builders talk to.
+
+A `Drafter` holds weights (or none); `session()` starts one generation. Within a decoding step the builder grows
+a tree level by level and asks the session for the draft logits at the nodes it wants to expand; after the target
+verified the tree, `commit` tells the session which path was kept and which tokens were added.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+
+class DraftSession(ABC):
+    """Draft state for one generation (its KV cache, its token history)."""
+
+    @abstractmethod
+    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        """Draft logits after each node in `nodes`, given the tree grown so far (tokens/parents of all its nodes,
+        node 0 = root = last committed token).  Returns [len(nodes), V_target]; a row of -inf proposes nothing."""
+
+    @abstractmethod
+    def commit(self, path: list[int], new_tokens: list[int]) -> None:
+        """The target kept `path` (node indices from the root) and the sequence grew by `new_tokens`."""
+
+
+class Drafter(ABC):
+    """A source of draft distributions for one target."""
+
+    name: str = "drafter"
+
+    @abstractmethod
+    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
+        """Start drafting after `prompt_ids` (whose last token is the first root).  `inputs` may hold pixel_values."""

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny random Llama models built from configs, and the embedded SmolLM2 decoder."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import specvlm
+
+VOCAB = 96
+
+
+def tiny_llama(seed: int, layers: int = 2, vocab: int = VOCAB, max_positions: int = 256) -> LlamaForCausalLM:
+    """A float32 random Llama with spread-out logits (large init), so argmax near-ties are rare."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        initializer_range=0.25,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def perturbed_copy(model: LlamaForCausalLM, scale: float, seed: int) -> LlamaForCausalLM:
+    """The target plus weight noise: a draft that agrees often but not always."""
+    torch.manual_seed(seed)
+    draft = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn_like(p) * scale * p.std())
+    return draft
+
+
+def random_prompts(count: int, seed: int, vocab: int = VOCAB, low: int = 2, high: int = 24) -> list[list[int]]:
+    """Prompts with repeats inside, so n-gram drafting has something to find."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        n = int(torch.randint(low, high, (1,), generator=g))
+        ids = torch.randint(0, vocab, (n,), generator=g).tolist()
+        out.append(ids + ids[: n // 2])
+    return out
+
+
+def hf_greedy(model: torch.nn.Module, ids: list[int], max_new_tokens: int) -> list[int]:
+    out = model.generate(
+        torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=0, pad_token_id=0
+    )
+    return out[0, len(ids) :].tolist()
+
+
+@pytest.fixture(scope="session")
+def tiny_target() -> LlamaForCausalLM:
+    return tiny_llama(seed=0)
+
+
+@pytest.fixture(scope="session")
+def embedded() -> specvlm.Decoder:
+    """The embedded SmolLM2-135M-Instruct with the n-gram drafter (float32, CPU)."""
+    return specvlm.load(draft="ngram")
