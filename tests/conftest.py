@@ -55,8 +55,13 @@ def random_prompts(count: int, seed: int, vocab: int = VOCAB, low: int = 2, high
 
 
 def hf_greedy(model: torch.nn.Module, ids: list[int], max_new_tokens: int) -> list[int]:
+    input_ids = torch.tensor([ids])
     out = model.generate(
-        torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, min_new_tokens=0, pad_token_id=0
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),  # else a pad id inside the prompt would be masked out
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=0,
     )
     return out[0, len(ids) :].tolist()
 
