@@ -6,6 +6,7 @@ from .errors import ConfigError, GrowmapError, ImageError, ModelLoadError, Promp
 from .sampling import Sampling
 from .stats import GenerationStats
 from .tree import TokenTree
+from .trees import make_tree
 
 __all__ = [
     "Autoregressive",
@@ -28,5 +29,6 @@ __all__ = [
     "TreeBuilder",
     "generate",
     "load",
+    "make_tree",
 ]
 __version__ = "0.1.0"

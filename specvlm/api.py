@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,9 +176,13 @@ def make_drafter(
 
     if isinstance(draft, Drafter):
         return draft
-    if draft is None or (isinstance(draft, str) and draft.startswith(("ngram", "prompt-lookup"))):
-        n = int(draft.split(":", 1)[1]) if isinstance(draft, str) and ":" in draft else 3
-        return NGramDrafter(max_n=n)
+    if draft is None:  # the weight-free default until a trained draft ships for the target
+        return NGramDrafter(max_n=3)
+    if isinstance(draft, str) and re.fullmatch(r"(ngram|prompt-lookup)(:.*)?", draft):
+        _, _, n = draft.partition(":")
+        if n and not (n.isdigit() and 1 <= int(n) <= 16):
+            raise ConfigError(f"bad n-gram draft {draft!r}: use 'ngram' or 'ngram:N' with 1 <= N <= 16")
+        return NGramDrafter(max_n=int(n) if n else 3)
     model, tok = load_causal_lm(draft, opts)
     drafter = ModelDrafter(model, name=str(draft) if isinstance(draft, (str, os.PathLike)) else type(model).__name__)
     drafter.check_vocab(target.vocab_size, target.tokenizer, tok)

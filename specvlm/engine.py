@@ -61,12 +61,14 @@ def decode(
     target.prefill(ids[:-1], cache, **(request.model_inputs or {}))
     session = drafter.session(ids, target.vocab_size, **(request.draft_inputs or {}))
     stats.prefill_s = time.perf_counter() - start
-    root, length, produced, done = ids[-1], len(ids), 0, False
+    # the sequence never outgrows the target's context window
+    budget = min(request.max_new_tokens, target.max_positions - len(ids))
+    root, length, produced, done = ids[-1], len(ids), 0, budget <= 0
     while not done:
         t0 = time.perf_counter()
         # the root sits at position length - 1; a node at depth d at length - 1 + d < max_positions
         limits = StepLimits(
-            max_depth=max(0, min(request.max_new_tokens - produced - 1, target.max_positions - length)),
+            max_depth=max(0, min(budget - produced - 1, target.max_positions - length)),
             max_nodes=max(1, target.max_positions - length + 1),
         )
         # 1. draft a tree
@@ -81,7 +83,7 @@ def decode(
         t3 = time.perf_counter()
         # 4. keep the accepted path in the target cache; tell the draft
         keep_positions(cache, past, [past + n for n in accepted.path])
-        new, done = cut_tokens(accepted.tokens, produced, request.max_new_tokens, target.eos)
+        new, done = cut_tokens(accepted.tokens, produced, budget, target.eos)
         if not done:
             session.commit(accepted.path, new)
         t4 = time.perf_counter()

@@ -41,6 +41,15 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def decode_seconds(self) -> float:
+        """Seconds after the prefill: what a tree changes."""
+        return max(self.seconds - self.prefill_s, 0.0)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.new_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
     def mean_tree_size(self) -> float:
         return sum(s.tree_size for s in self.steps) / len(self.steps) if self.steps else 0.0
 

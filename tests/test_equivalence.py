@@ -120,7 +120,7 @@ EMBEDDED_PROMPTS = [
 @pytest.mark.parametrize("tree", ["opt", "chain", "static", "dynamic", "ar"])
 def test_embedded_model_equals_hf_greedy(embedded: specvlm.Decoder, tree: str) -> None:
     """SmolLM2-135M-Instruct: 20 prompts for the default (opt) tree, a slice for the others (all in -m slow)."""
-    prompts = EMBEDDED_PROMPTS if tree == "opt" else EMBEDDED_PROMPTS[:: 5]
+    prompts = EMBEDDED_PROMPTS if tree == "opt" else EMBEDDED_PROMPTS[::5]
     model = embedded.target.model
     for text in prompts:
         ids = embedded.prompt_ids(text)

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ..drafting import DraftSession
+from ..errors import ConfigError
 from .base import TreeBuilder, expand
 from .growing import GrowingTree, StepLimits
 
@@ -26,7 +27,7 @@ class DynamicTree(TreeBuilder):
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.topk < 1 or self.depth < 1:
-            raise ValueError("DynamicTree needs budget, topk and depth >= 1")
+            raise ConfigError(f"DynamicTree needs budget, topk and depth >= 1, got {self}")
 
     def grow(self, tree: GrowingTree, session: DraftSession, limits: StepLimits) -> list[int] | None:
         frontier = [0]
@@ -51,7 +52,7 @@ class OptTree(TreeBuilder):
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.max_depth < 1 or self.threshold < 0:
-            raise ValueError("OptTree needs nodes >= 1, max_depth >= 1, threshold >= 0")
+            raise ConfigError(f"OptTree needs nodes >= 1, max_depth >= 1, threshold >= 0, got {self}")
 
     def grow(self, tree: GrowingTree, session: DraftSession, limits: StepLimits) -> list[int] | None:
         count = min(self.nodes, limits.max_nodes - 1)

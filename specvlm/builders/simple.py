@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..drafting import DraftSession
+from ..errors import ConfigError
 from .base import TreeBuilder, expand
 from .growing import GrowingTree, StepLimits
 
@@ -26,6 +27,10 @@ class ChainTree(TreeBuilder):
     depth: int = 6
     name: str = "chain"
     samples_children: bool = True
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise ConfigError(f"ChainTree needs depth >= 1, got {self.depth} (use tree='ar' for no drafting)")
 
     def grow(self, tree: GrowingTree, session: DraftSession, limits: StepLimits) -> list[int] | None:
         node = 0
@@ -81,5 +86,5 @@ def BranchingTree(branching: list[int] | tuple[int, ...]) -> TemplateTree:
     """Every node at level d gets branching[d] children, e.g. [4, 2, 2, 1, 1]."""
     widths = [int(w) for w in branching]
     if not widths or any(w < 1 for w in widths):
-        raise ValueError(f"branching factors must be positive integers, got {list(branching)}")
+        raise ConfigError(f"branching factors must be positive integers, got {list(branching)}")
     return TemplateTree(parents=tuple(template_from_branching(widths)), name="static")

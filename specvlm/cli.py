@@ -1,0 +1,68 @@
+"""`specvlm "prompt"`: one-off generation from the terminal, streamed as tokens are accepted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specvlm",
+        description="Generate text with lossless tree speculative decoding (same output as the target alone).",
+        epilog='example: specvlm "Summarize the plot of Hamlet." --tree opt --max-new-tokens 96 --stats',
+    )
+    parser.add_argument("prompt", help="the user message (the chat template is applied when the model has one)")
+    parser.add_argument("--image", help="image file for a llava target")
+    parser.add_argument("--target", help="target: hub id, folder or .gguf file (default: embedded SmolLM2-135M)")
+    parser.add_argument("--draft", help="draft: 'ngram', 'ngram:N', a hub id, folder or .gguf file")
+    parser.add_argument("--tree", default=None, help="ar, chain, static, dynamic or opt (default: the decoder's)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", "--T", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", "--P", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default), float16 or bfloat16")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    parser.add_argument("--stats", action="store_true", help="print tokens per target call and timings at the end")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import specvlm  # heavy: after argument parsing so --help is instant
+
+    try:
+        dec = specvlm.load(args.target, args.draft, dtype=args.dtype, device=args.device)
+        stats = specvlm.GenerationStats()
+        for piece in dec.stream(
+            args.image,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            tree=args.tree,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            stats=stats,
+        ):
+            print(piece, end="", flush=True)
+        print()
+        if args.stats:
+            s = stats.as_dict()
+            print(
+                f"[{s['new_tokens']} tokens, {s['target_calls']} target calls, {s['mean_accepted']} tokens/call, "
+                f"{s['tokens_per_second']} tok/s, prefill {s['prefill_s']} s]",
+                file=sys.stderr,
+            )
+    except specvlm.SpecVLMError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
