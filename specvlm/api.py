@@ -176,6 +176,10 @@ def make_drafter(
 
     if isinstance(draft, Drafter):
         return draft
+    if isinstance(draft, str) and draft.endswith("+followers"):
+        from drafters.followers import FollowerDrafter
+
+        return FollowerDrafter(make_drafter(draft.removesuffix("+followers") or None, target, opts, draft_tokenizer))
     if draft is None:  # the weight-free default until a trained draft ships for the target
         return NGramDrafter(max_n=3)
     if isinstance(draft, str) and re.fullmatch(r"(ngram|prompt-lookup)(:.*)?", draft):

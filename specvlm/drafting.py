@@ -25,6 +25,12 @@ class DraftSession(ABC):
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         """The target kept `path` (node indices from the root) and the sequence grew by `new_tokens`."""
 
+    #: set True to receive the target's argmax at every scored node through `observe`
+    wants_target_feedback: bool = False
+
+    def observe(self, tokens: list[int], parents: list[int], target_top: list[int]) -> None:  # noqa: B027 - optional
+        """The target's most likely next token after each node of the tree it just scored (before `commit`)."""
+
 
 class Drafter(ABC):
     """A source of draft distributions for one target."""

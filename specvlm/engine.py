@@ -80,6 +80,8 @@ def decode(
         t2 = time.perf_counter()
         # 3. verify: the accepted path and the bonus token
         accepted = verify(tree, logits, request.sampling, generator)
+        if session.wants_target_feedback:
+            session.observe(tree.tokens.tolist(), tree.parents.tolist(), logits.argmax(dim=-1).tolist())
         t3 = time.perf_counter()
         # 4. keep the accepted path in the target cache; tell the draft
         keep_positions(cache, past, [past + n for n in accepted.path])

@@ -7,7 +7,7 @@ import torch
 from conftest import hf_greedy, perturbed_copy, random_prompts, tiny_llama
 
 import specvlm
-from drafters import ModelDrafter, NGramDrafter
+from drafters import FollowerDrafter, ModelDrafter, NGramDrafter
 from specvlm.builders import Autoregressive, BranchingTree, ChainTree, DynamicTree, OptTree, TreeBuilder
 
 TREES: list[TreeBuilder] = [
@@ -29,6 +29,7 @@ def references(tiny_target: torch.nn.Module) -> list[list[int]]:
 def drafter_for(kind: str, target: torch.nn.Module) -> specvlm.Decoder:
     drafts = {
         "ngram": lambda: NGramDrafter(max_n=3),
+        "ngram+followers": lambda: FollowerDrafter(NGramDrafter(max_n=3)),
         "copy": lambda: ModelDrafter(tiny_llama(seed=0)),
         "perturbed": lambda: ModelDrafter(perturbed_copy(target, scale=0.3, seed=1)),
         "other": lambda: ModelDrafter(tiny_llama(seed=9, layers=1)),
@@ -36,7 +37,7 @@ def drafter_for(kind: str, target: torch.nn.Module) -> specvlm.Decoder:
     return specvlm.load(target, drafts[kind]())
 
 
-@pytest.mark.parametrize("kind", ["ngram", "copy", "perturbed", "other"])
+@pytest.mark.parametrize("kind", ["ngram", "ngram+followers", "copy", "perturbed", "other"])
 @pytest.mark.parametrize("tree", TREES, ids=lambda t: t.name)
 def test_tiny_llama_equals_hf_greedy(
     tiny_target: torch.nn.Module, references: list[list[int]], kind: str, tree: TreeBuilder

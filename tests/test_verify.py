@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from drafters.base import DraftSession
+from drafters.followers import FollowerSession
 from specvlm.builders import BranchingTree, ChainTree, DynamicTree, OptTree, StepLimits, TreeBuilder
 from specvlm.sampling import Sampling, make_generator, warp
 from specvlm.tree import TokenTree
@@ -106,17 +107,23 @@ class MarkovSession(DraftSession):
         pass
 
 
-def two_token_draws(builder: TreeBuilder, p_table: torch.Tensor, q_table: torch.Tensor, draws: int) -> torch.Tensor:
+def two_token_draws(
+    builder: TreeBuilder, p_table: torch.Tensor, q_table: torch.Tensor, draws: int, followers: bool = False
+) -> torch.Tensor:
     """Counts of the first two emitted tokens, verifying a fresh tree each time against a bigram target."""
     vocab = p_table.shape[0]
     sampling = Sampling(temperature=0.8, top_p=0.95, seed=0)
     gen = make_generator(7)
-    session = MarkovSession(q_table)
+    session: DraftSession = MarkovSession(q_table)
+    if followers:  # q mixed with the target's remembered argmax followers
+        session = FollowerSession(session, [1, 0], weight=0.5)
     counts = torch.zeros(vocab, vocab)
     root = 0
     for _ in range(draws):
         tree = builder.build(session, root, StepLimits(max_depth=4, max_nodes=64), sampling, gen)
-        acc = verify_sampling(tree, p_table[tree.tokens], sampling, gen)
+        logits = p_table[tree.tokens]  # [N, V]
+        session.observe(tree.tokens.tolist(), tree.parents.tolist(), logits.argmax(-1).tolist())
+        acc = verify_sampling(tree, logits, sampling, gen)
         first = acc.tokens[0]
         if len(acc.tokens) >= 2:
             second = acc.tokens[1]
@@ -127,10 +134,11 @@ def two_token_draws(builder: TreeBuilder, p_table: torch.Tensor, q_table: torch.
 
 
 BUILDERS = [
-    ChainTree(depth=3),
-    BranchingTree([3, 2, 1]),
-    DynamicTree(budget=8, topk=3, depth=3),
-    OptTree(nodes=8, threshold=0.0, max_depth=3),
+    (ChainTree(depth=3), False),
+    (BranchingTree([3, 2, 1]), False),
+    (BranchingTree([2, 2, 1]), True),
+    (DynamicTree(budget=8, topk=3, depth=3), False),
+    (OptTree(nodes=8, threshold=0.0, max_depth=3), False),
 ]
 
 
@@ -143,13 +151,13 @@ def one_thread() -> object:
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.name)
-def test_sampled_two_token_joint_matches_target(builder: TreeBuilder, one_thread: object) -> None:
+@pytest.mark.parametrize(("builder", "followers"), BUILDERS, ids=lambda b: str(getattr(b, "name", b)))
+def test_sampled_two_token_joint_matches_target(builder: TreeBuilder, followers: bool, one_thread: object) -> None:
     vocab, draws = 5, 20_000
     g = torch.Generator().manual_seed(3)
     p_table = torch.randn(vocab, vocab, generator=g) * 1.5
     q_table = p_table + torch.randn(vocab, vocab, generator=g)  # a draft that is close but not equal
-    counts = two_token_draws(builder, p_table, q_table, draws)
+    counts = two_token_draws(builder, p_table, q_table, draws, followers)
     sampling = Sampling(temperature=0.8, top_p=0.95)
     p1 = warp(p_table[0][None], sampling)[0]
     joint = p1[:, None] * warp(p_table, sampling)  # [V, V]
