@@ -193,6 +193,8 @@ def _flag(dest: str) -> str:
 
 def check_draft(draft: str | None) -> None:
     """Catch a malformed 'ngram:N' before any weights load."""
+    if draft is not None and draft.endswith("+followers"):
+        draft = draft.removesuffix("+followers") or None
     if draft is None or not draft.startswith("ngram") or Path(draft).exists():
         return
     if draft != "ngram" and not (draft.startswith("ngram:") and draft[6:].isdigit() and int(draft[6:]) >= 1):

@@ -1,0 +1,213 @@
+"""`python -m eval.bench`: specvlm against what users would pick instead, same prompts, same process, one run.
+
+Methods: HF greedy `generate`, HF prompt lookup (`prompt_lookup_num_tokens`), HF assisted generation with the same
+draft (`assistant_model=`, when the draft is a model), and specvlm with each tree. Tokens/s count the whole call
+(prefill included) for every method alike; `identical` compares with HF greedy `generate` (greedy runs only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from eval.cnn_text import load_articles, prompt_text
+from eval.common import (
+    TREE_CHOICES,
+    add_io_args,
+    add_model_args,
+    check_sampling,
+    load_decoder,
+    markdown_table,
+    result_paths,
+    run_cli,
+    write_json,
+    write_jsonl,
+)
+
+CLI = "bench"
+HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.bench",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python -m eval.bench --limit 8 --max-new-tokens 128 --trees ar,chain,static,dynamic,opt",
+    )
+    parser.add_argument("--dataset", default="bundled", help="'bundled' news sample (default) or a hub dataset id")
+    parser.add_argument("--dataset-config", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--data-files", nargs="+", metavar="FILE", help="local parquet/json/jsonl files")
+    parser.add_argument("--text-field", default="article")
+    parser.add_argument("--ref-field", default="highlights")
+    parser.add_argument("--max-article-tokens", type=int, default=768)
+    parser.add_argument(
+        "--trees",
+        default="ar,chain,static,dynamic,opt",
+        help=f"comma-separated specvlm trees from {', '.join(TREE_CHOICES)} (default: all)",
+    )
+    parser.add_argument(
+        "--hf", default=",".join(HF_METHODS), help=f"comma-separated HF baselines from {', '.join(HF_METHODS)}"
+    )
+    parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens")
+    parser.add_argument("--T", "--temperature", dest="temperature", type=float, default=0.0)
+    parser.add_argument("--P", "--top-p", dest="top_p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", metavar="PNG", help="bar chart of tokens/s (default: next to --out)")
+    add_model_args(parser)
+    add_io_args(parser)
+    return parser
+
+
+def _hf_run(dec: Any, method: str, ids: list[int], args: argparse.Namespace) -> tuple[list[int], float] | None:
+    import torch
+
+    model = dec.target.model
+    kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0}
+    if args.temperature > 0:
+        kwargs.update(temperature=args.temperature, top_p=args.top_p, top_k=0)
+    if method == "hf_prompt_lookup":
+        kwargs["prompt_lookup_num_tokens"] = args.prompt_lookup_tokens
+    elif method == "hf_assisted":
+        draft_model = getattr(dec.drafter, "model", None)
+        if draft_model is None:
+            return None  # assisted generation needs a draft model
+        kwargs["assistant_model"] = draft_model
+    input_ids = torch.tensor([ids], device=dec.target.device)
+    eos = sorted(dec.target.eos)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pad_token_id=eos[0] if eos else 0,
+            eos_token_id=eos or None,
+            **kwargs,
+        )
+    return out[0, len(ids) :].tolist(), time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_sampling(args)
+    trees = [t.strip() for t in args.trees.split(",") if t.strip()]
+    bad = [t for t in trees if t not in TREE_CHOICES]
+    hf = [m.strip() for m in args.hf.split(",") if m.strip()]
+    bad += [m for m in hf if m not in HF_METHODS]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}: trees are {TREE_CHOICES}, HF baselines {HF_METHODS}")
+    out, jsonl = result_paths(args, CLI)
+    articles = load_articles(args)
+    dec = load_decoder(args)
+    prompts = [(a.id, dec.prompt_ids(prompt_text(dec, a.text, args.max_article_tokens)[0])) for a in articles]
+    write_jsonl(jsonl, [])
+    methods = [*hf, *(f"specvlm-{t}" for t in trees)]
+    totals: dict[str, dict[str, float]] = {
+        m: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
+    }
+    skipped: set[str] = set()
+    dec.generate(prompt=prompts[0][1], max_new_tokens=8)  # warm-up
+    for sid, ids in tqdm(prompts, desc=CLI, unit="prompt", file=sys.stderr, dynamic_ncols=True):
+        reference: list[int] | None = None
+        for method in methods:
+            if method.startswith("hf_"):
+                got = _hf_run(dec, method, ids, args)
+                if got is None:
+                    skipped.add(method)
+                    continue
+                tokens, seconds = got
+                calls = len(tokens) if method == "hf_generate" else 0
+            else:
+                gen = dec.generate(
+                    prompt=ids,
+                    max_new_tokens=args.max_new_tokens,
+                    tree=method.removeprefix("specvlm-"),
+                    temperature=args.temperature,
+                    top_p=args.top_p,
+                    seed=args.seed,
+                )
+                tokens, seconds, calls = gen.tokens, gen.stats.seconds, gen.stats.target_calls
+            if method == "hf_generate":
+                reference = tokens
+            same = reference is not None and tokens == reference
+            t = totals[method]
+            t["tokens"] += len(tokens)
+            t["seconds"] += seconds
+            t["calls"] += calls
+            t["identical"] += same
+            write_jsonl(
+                jsonl,
+                [
+                    {
+                        "id": sid,
+                        "method": method,
+                        "new_tokens": len(tokens),
+                        "seconds": round(seconds, 4),
+                        "target_calls": calls or None,
+                        "identical": same if args.temperature == 0 else None,
+                    }
+                ],
+                append=True,
+            )
+    base = totals.get("hf_generate")
+    base_rate = base["tokens"] / base["seconds"] if base and base["seconds"] else None
+    rows = []
+    for method in methods:
+        if method in skipped:
+            continue
+        t = totals[method]
+        rate = t["tokens"] / t["seconds"] if t["seconds"] else 0.0
+        rows.append(
+            {
+                "method": method,
+                "tokens_per_second": round(rate, 3),
+                "speedup": round(rate / base_rate, 3) if base_rate else None,
+                "tokens_per_call": round(t["tokens"] / t["calls"], 3) if t["calls"] else None,
+                "identical": (f"{int(t['identical'])}/{len(prompts)}" if args.temperature == 0 and base else None),
+                "new_tokens": int(t["tokens"]),
+            }
+        )
+    print(
+        markdown_table(rows, ["method", "tokens_per_second", "speedup", "tokens_per_call", "identical", "new_tokens"])
+    )
+    if skipped:
+        print(f"skipped: {', '.join(sorted(skipped))} (needs a draft model)", file=sys.stderr)
+    config = {k: v for k, v in vars(args).items() if k not in ("debug", "overwrite")}
+    config["device_resolved"] = str(dec.target.device)
+    config["draft_resolved"] = getattr(dec.drafter, "name", type(dec.drafter).__name__)
+    if out is not None:
+        write_json(out, {"methods": rows, "config": config, "prompts": len(prompts)}, overwrite=args.overwrite)
+        _plot(rows, Path(args.plot) if args.plot else out.with_suffix(".png"))
+    return 0
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib not installed, no plot (pip install matplotlib)", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [r["method"] for r in rows]
+    ax.bar(
+        names, [r["tokens_per_second"] for r in rows], color=["#999" if n.startswith("hf") else "#2a6" for n in names]
+    )
+    ax.set_ylabel("tokens / s")
+    ax.set_title("specvlm vs HF baselines (same prompts, one run)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)
