@@ -2,6 +2,7 @@
 
 from .api import Decoder, Generation, generate, load
 from .builders import Autoregressive, BranchingTree, ChainTree, DynamicTree, OptTree, TemplateTree, TreeBuilder
+from .builders.static import StaticTree
 from .errors import ConfigError, GrowmapError, ImageError, ModelLoadError, PromptError, SpecVLMError
 from .sampling import Sampling
 from .stats import GenerationStats
@@ -24,6 +25,7 @@ __all__ = [
     "PromptError",
     "Sampling",
     "SpecVLMError",
+    "StaticTree",
     "TemplateTree",
     "TokenTree",
     "TreeBuilder",

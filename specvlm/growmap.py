@@ -26,6 +26,7 @@ import json
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,9 +161,9 @@ def _check_predicted(value: object, depth: int, where: str) -> float:
 def growmap_from_dict(obj: object, where: str = "growmap", source: Path | None = None) -> Growmap:
     """Validate a parsed JSON growmap (our format) and turn it into a `Growmap`."""
     if not isinstance(obj, dict):
-        raise GrowmapError(f"{where}: a growmap is a JSON object with \"format\": \"{FORMAT}\", got a {type(obj).__name__}")
+        raise GrowmapError(f'{where}: a growmap is a JSON object with "format": "{FORMAT}", got a {type(obj).__name__}')
     if obj.get("format") != FORMAT:
-        raise GrowmapError(f"{where}: \"format\" must be \"{FORMAT}\", got {obj.get('format')!r}")
+        raise GrowmapError(f'{where}: "format" must be "{FORMAT}", got {obj.get("format")!r}')
     version = obj.get("version")
     if not _is_int(version) or version != VERSION:
         raise GrowmapError(f"{where}: unsupported growmap version {version!r}: this specvlm reads version {VERSION}")
@@ -272,7 +273,9 @@ def _check_sequoia_mask(mask: object, old_parent: dict[int, int], size: int, whe
             expected.add(cur)
         got = {j for j, v in enumerate(rows[node]) if v}
         if got != expected:
-            raise GrowmapError(f"{where}: 'mask' row {node} is not node {node}'s ancestors: it disagrees with 'Successors'")
+            raise GrowmapError(
+                f"{where}: 'mask' row {node} is not node {node}'s ancestors: it disagrees with 'Successors'"
+            )
 
 
 def _check_sequoia_levels(roots: object, branches: object, succ: list[list[int]], where: str) -> None:
@@ -296,7 +299,9 @@ def _load_torch(path: Path) -> object:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # old pickle protocols: torch warns, the weights-only reader still decides
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GrowmapError(
@@ -323,7 +328,9 @@ def load_growmap(path: str | os.PathLike) -> Growmap:
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise GrowmapError(f"{path} is not valid JSON ({err}): a growmap is a JSON object (or a Sequoia .pt)") from err
+            raise GrowmapError(
+                f"{path} is not valid JSON ({err}): a growmap is a JSON object (or a Sequoia .pt)"
+            ) from err
         return growmap_from_dict(obj, str(path), source=path)
     parents = parents_from_sequoia(_load_torch(path), str(path))
     provenance = {k: "unknown" for k in PROVENANCE_KEYS}
@@ -358,15 +365,20 @@ def save_growmap(
     acceptance: Sequence[float] | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write a validated JSON growmap (lists on one line each, provenance indented); returns the path."""
+    """Write a validated JSON growmap (objects indented, lists on one line); returns the path."""
     path = Path(path).expanduser()
     obj = growmap_dict(parents, provenance, predicted_accepted=predicted_accepted, acceptance=acceptance)
     if path.exists() and not overwrite:
         raise GrowmapError(f"{path} already exists: pass overwrite=True (or --overwrite) to replace it")
-    lines = []
-    for key, value in obj.items():
-        text = json.dumps(value, indent=2, ensure_ascii=False) if isinstance(value, dict) else json.dumps(value)
-        lines.append(f"  {json.dumps(key)}: " + text.replace("\n", "\n  "))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
+    path.write_text(compact_json(obj) + "\n", encoding="utf-8")
     return path
+
+
+def compact_json(obj: Any, indent: str = "") -> str:
+    """JSON with objects indented two spaces per level and every list on one line (parents stay readable)."""
+    if isinstance(obj, dict) and obj:
+        inner = indent + "  "
+        items = [f"{inner}{json.dumps(str(k))}: {compact_json(v, inner)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    return json.dumps(obj, ensure_ascii=False)

@@ -28,7 +28,9 @@ def make_tree(tree: TreeBuilder | str | None, default: TreeBuilder | None = None
     if name == "chain":
         return ChainTree()
     if name == "static":
-        return BranchingTree(DEFAULT_BRANCHING)
+        from .builders.static import StaticTree, shipped_growmap
+
+        return StaticTree() if shipped_growmap() is not None else BranchingTree(DEFAULT_BRANCHING)
     if name == "dynamic":
         return DynamicTree()
     if name in ("opt", "opttree", "opt-tree"):
