@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--T", "--temperature", dest="temperature", type=float, default=0.0)
     parser.add_argument("--P", "--top-p", dest="top_p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--followers", action="store_true", help="add the target's follower tokens to the draft")
     parser.add_argument("--plot", metavar="PNG", help="bar chart of tokens/s (default: next to --out)")
     add_model_args(parser)
     add_io_args(parser)

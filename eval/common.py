@@ -126,6 +126,18 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
         help="nucleus sampling mass in (0, 1] (default: 1.0)",
     )
     group.add_argument("--seed", type=int, help="random seed for sampling (default: fresh randomness)")
+    group.add_argument(
+        "--followers",
+        action="store_true",
+        help="add the target's remembered follower tokens to the draft (lossless: they enter before scoring)",
+    )
+    group.add_argument(
+        "--use-bfs",
+        action="store_true",
+        help="accepted for Dynasurge compatibility: verification always tries every sibling of a node losslessly "
+        "(greedy: the target's argmax among all children; sampling: recursive rejection over siblings); ETV's lossy "
+        "multi-sibling acceptance is not offered",
+    )
 
 
 def add_io_args(parser: argparse.ArgumentParser) -> None:
@@ -208,13 +220,16 @@ def load_decoder(args: argparse.Namespace) -> Decoder:
     import specvlm
 
     check_draft(args.draft)
+    draft = args.draft
+    if getattr(args, "followers", False):
+        draft = f"{draft or ''}+followers"
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
     return specvlm.load(
         target=args.target,
-        draft=args.draft,
+        draft=draft,
         dtype=args.dtype,
         device=args.device,
         device_map=args.device_map,

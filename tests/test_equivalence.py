@@ -137,3 +137,15 @@ def test_embedded_model_equals_hf_greedy_all_prompts(embedded: specvlm.Decoder, 
     for text in EMBEDDED_PROMPTS:
         ids = embedded.prompt_ids(text)
         assert embedded.generate(prompt=ids, max_new_tokens=24, tree=tree).tokens == hf_greedy(model, ids, 24)
+
+
+def test_trees_wider_than_the_vocabulary_are_clipped() -> None:
+    """A branching wider than the vocabulary, or a budget larger than it, is clipped, not crashed."""
+    model = tiny_llama(seed=0, vocab=8, max_positions=48)
+    ids = [1, 2, 3, 4, 1, 2]
+    ref = hf_greedy(model, ids, 12)
+    for tree in (BranchingTree([20, 12, 1]), DynamicTree(budget=200, topk=30, depth=4), OptTree(nodes=100)):
+        for draft in (ModelDrafter(tiny_llama(seed=0, vocab=8, max_positions=48)), NGramDrafter()):
+            got = specvlm.load(model, draft).generate(prompt=ids, max_new_tokens=12, tree=tree)
+            assert got.tokens == ref
+            assert max(s.tree_size for s in got.stats.steps) <= 1 + 8 + 8 * 8 * 4
