@@ -10,16 +10,14 @@ DEFAULT_BRANCHING = (4, 2, 2, 1, 1, 1, 1)
 
 TREE_NAMES = ("ar", "chain", "static", "dynamic", "opt")
 
-#: best measured on the embedded pair on a 2-core CPU (n-gram draft, news summaries): see docs/performance.md
-DEFAULT_TREE = OptTree(nodes=12, threshold=0.3, max_depth=10)
 
 
 def make_tree(tree: TreeBuilder | str | None, default: TreeBuilder | None = None) -> TreeBuilder:
     """A builder from a builder, a name, or None (the decoder's default)."""
     if isinstance(tree, TreeBuilder):
         return tree
-    if tree is None:
-        return default if default is not None else DEFAULT_TREE
+    if tree is None:  # the planned static tree: the best tokens/s measured on this CPU (docs/performance.md)
+        return default if default is not None else make_tree("static")
     if not isinstance(tree, str):
         raise ConfigError(f"tree must be a name {TREE_NAMES} or a builder object, got {type(tree).__name__}")
     name = tree.strip().lower()
