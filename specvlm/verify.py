@@ -69,13 +69,12 @@ def verify_sampling(
     tree: TokenTree, target_logits: torch.Tensor, sampling: Sampling, generator: torch.Generator
 ) -> Accepted:
     """Recursive rejection sampling down the tree.  target_logits: [N, V]; tree.q: [N, V] when tree.sampled."""
-    probs = warp(target_logits, sampling).cpu()  # [N, V]
     draft = tree.q.float().cpu() if (tree.sampled and tree.q is not None) else None  # [N, V]
     tokens = tree.tokens.tolist()
     kids = tree.children()
     node, path = 0, [0]
     while True:
-        p = probs[node]  # [V]
+        p = warp(target_logits[node : node + 1], sampling)[0].cpu()  # [V]: only nodes on the walked path
         q = draft[node] if draft is not None else None  # [V]
         nxt = None
         for child in kids[node]:

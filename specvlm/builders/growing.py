@@ -35,6 +35,9 @@ class GrowingTree:
 
     def draft_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """q from draft logits with the same warp as the target's p.  [K, V] -> [K, V] on CPU."""
+        if not self.sampled:  # q only ranks children here: skip the top-p sort over the vocabulary
+            temperature = self.sampling.temperature or 1.0
+            return torch.softmax(logits.float() / temperature, dim=-1).cpu()
         return warp(logits, self.sampling).cpu()
 
     def add_children(self, node: int, probs: torch.Tensor, k: int) -> list[int]:
