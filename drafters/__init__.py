@@ -4,5 +4,6 @@ from .base import Drafter, DraftSession
 from .followers import FollowerDrafter
 from .model import ModelDrafter
 from .ngram import NGramDrafter
+from .text_only import TextOnlyDrafter
 
-__all__ = ["DraftSession", "Drafter", "FollowerDrafter", "ModelDrafter", "NGramDrafter"]
+__all__ = ["DraftSession", "Drafter", "FollowerDrafter", "ModelDrafter", "NGramDrafter", "TextOnlyDrafter"]

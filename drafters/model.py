@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from specvlm.cache import keep_positions
 from specvlm.errors import ModelLoadError
+from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
 
 from .base import Drafter, DraftSession
 
@@ -30,9 +32,12 @@ class ModelSession(DraftSession):
         self.slot: dict[int, int] = {}  # tree node -> cache position, for this step
         self.node_logits: dict[int, torch.Tensor] = {}  # tree node -> draft logits [V], for this step
         self.model_inputs = inputs  # e.g. pixel_values: consumed by the first forward
+        self.trims_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None) -> torch.Tensor:
+    def _forward(
+        self, ids: list[int], positions: list[int], mask: torch.Tensor | None, last_only: bool = False
+    ) -> torch.Tensor:
         extra, self.model_inputs = self.model_inputs, {}
         out = self.model(
             input_ids=torch.tensor([ids], device=self.device),
@@ -40,9 +45,10 @@ class ModelSession(DraftSession):
             attention_mask=mask,
             past_key_values=self.cache,
             use_cache=True,
+            **({"logits_to_keep": 1} if last_only and self.trims_logits else {}),  # a prompt feed needs the root's only
             **extra,
         )
-        logits = out.logits[0].float()  # [K, V_draft]
+        logits = out.logits[0].float()  # [K, V_draft] (K = 1 with last_only)
         if logits.shape[-1] < self.vocab:
             pad = torch.full((logits.shape[0], self.vocab - logits.shape[-1]), -torch.inf, device=logits.device)
             logits = torch.cat([logits, pad], dim=-1)
@@ -56,7 +62,7 @@ class ModelSession(DraftSession):
         causal = torch.full((n, start + n), torch.finfo(self.dtype).min, dtype=self.dtype)
         causal[:, :start] = 0
         causal[:, start:] = torch.triu(causal[:, start:], diagonal=1)
-        logits = self._forward(ids, list(range(start, start + n)), causal[None, None].to(self.device))
+        logits = self._forward(ids, list(range(start, start + n)), causal[None, None].to(self.device), last_only=True)
         self.base = start + n - 1  # the root is a tree node for this step
         self.slot = {0: self.base}
         self.node_logits = {0: logits[-1]}
@@ -102,22 +108,37 @@ class ModelSession(DraftSession):
 
 
 class ModelDrafter(Drafter):
-    """Any transformers causal LM that shares the target's tokenizer (same ids for the same text)."""
+    """Any transformers causal LM that shares the target's tokenizer (same ids for the same text).
 
-    def __init__(self, model: PreTrainedModel, name: str = "model"):
+    A VLM draft (llava) sees the images: its first forward gets its own pixel values (from its processor, else the
+    target's), and the image tokens are re-expanded to its own count. A text LM given images sees the text only.
+    """
+
+    def __init__(self, model: PreTrainedModel, name: str = "model", processor: Any | None = None):
         self.model = model.eval()
         self.name = name
+        self.processor = processor
+        self.handles_images = image_token_id(model.config) is not None
 
     def check_vocab(self, target_vocab: int, target_tokenizer: Any | None, draft_tokenizer: Any | None) -> None:
+        """Every draft token must mean the same in the target (the target may have more, e.g. `<image>`)."""
         draft_vocab = int(self.model.get_output_embeddings().weight.shape[0])
         if target_tokenizer is not None and draft_tokenizer is not None:
-            if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
+            target_ids, draft_ids = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+            differ = [tok for tok, i in draft_ids.items() if target_ids.get(tok) != i]
+            if differ:
                 raise ModelLoadError(
                     "draft and target tokenizers differ: speculative decoding needs the same token ids "
-                    "(pick a draft from the target's family, or draft='ngram')"
+                    f"({len(differ)} draft tokens, e.g. {differ[0]!r}, have another id or none in the target; "
+                    "pick a draft from the target's family, or draft='ngram')"
                 )
         elif abs(draft_vocab - target_vocab) > 128 and draft_vocab > target_vocab:
             raise ModelLoadError(f"draft vocabulary ({draft_vocab}) does not fit the target's ({target_vocab})")
 
-    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
+    def session(
+        self, prompt_ids: list[int], vocab_size: int, images: ImagePrompt | None = None, **inputs: Any
+    ) -> DraftSession:
+        if images is not None:  # the draft's own ids and pixel values (text LM: the ids without the image)
+            prompt_ids, pixel_inputs = draft_image_inputs(self.model, self.processor, images, prompt_ids)
+            inputs = {**inputs, **pixel_inputs}
         return ModelSession(self.model, prompt_ids, vocab_size, **inputs)

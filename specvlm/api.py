@@ -15,10 +15,11 @@ from .builders import TreeBuilder
 from .drafting import Drafter
 from .engine import Request, decode
 from .errors import ConfigError, ImageError, PromptError
-from .models import LoadOptions, ModelSpec, TargetModel, load_causal_lm, resolve_device, resolve_dtype
+from .models import LoadOptions, ModelSpec, TargetModel, load_embedded, load_model, resolve_device, resolve_dtype
 from .sampling import Sampling
 from .stats import GenerationStats
 from .trees import make_tree
+from .vlm import handles_images, prepare
 
 PromptLike = str | Sequence[int] | torch.Tensor
 
@@ -34,11 +35,15 @@ class Generation:
 
 
 class Decoder:
-    """A target, a drafter and a default tree: generate losslessly faster than the target alone."""
+    """A target, a drafter and a default tree: generate losslessly faster than the target alone.
+
+    With a VLM target (llava) a drafter that cannot see images is wrapped in TextOnlyDrafter: it drafts from the
+    prompt's text, while the target holds the image prefix.
+    """
 
     def __init__(self, target: TargetModel, drafter: Drafter, tree: TreeBuilder | str | None = None):
         self.target = target
-        self.drafter = drafter
+        self.drafter = for_target(drafter, target)
         self.default_tree = make_tree(tree)
 
     @property
@@ -97,12 +102,20 @@ class Decoder:
         top_p: float,
         seed: int | None,
     ) -> Request:
-        if image is not None:
+        if image is not None and self.target.image_token_id is None:
             raise ImageError("this target is a text-only model: drop the image or load a llava target")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-        ids = self.prompt_ids(prompt)
-        return Request(tuple(ids), max_new_tokens, Sampling(temperature, top_p, seed))
+        sampling = Sampling(temperature, top_p, seed)
+        if self.target.image_token_id is None:
+            return Request(tuple(self.prompt_ids(prompt)), max_new_tokens, sampling)
+        # a VLM: expand the image placeholders, pixel values for both prefills, and ids only afterwards
+        text_or_ids = prompt if isinstance(prompt, str) else self.prompt_ids(prompt)
+        if isinstance(text_or_ids, str) and not text_or_ids.strip():
+            raise PromptError("the prompt is empty: give some text, or a list of token ids")
+        ids, images = prepare(self.target, image, text_or_ids)
+        ids = self.prompt_ids(ids)  # vocabulary and context-window checks on the expanded ids
+        return Request(tuple(ids), max_new_tokens, sampling, images.model_inputs(), {"images": images})
 
     # -- generation -----------------------------------------------------------------------------------------
     def _steps(self, request: Request, tree: TreeBuilder | str | None, stats: GenerationStats) -> Iterator[list[int]]:
@@ -170,7 +183,8 @@ class Decoder:
 def make_drafter(
     draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
 ) -> Drafter:
-    """A drafter from a spec: None -> the embedded default, "ngram[:N]", a model id / path / GGUF / model."""
+    """A drafter from a spec: None -> the default (n-grams), "ngram[:N]", "embedded" (SmolLM2-135M as a draft), a
+    model id / path / GGUF / model (a llava draft comes with its processor)."""
     from drafters.model import ModelDrafter  # drafters depend on specvlm: import them lazily
     from drafters.ngram import NGramDrafter
 
@@ -187,10 +201,25 @@ def make_drafter(
         if n and not (n.isdigit() and 1 <= int(n) <= 16):
             raise ConfigError(f"bad n-gram draft {draft!r}: use 'ngram' or 'ngram:N' with 1 <= N <= 16")
         return NGramDrafter(max_n=int(n) if n else 3)
-    model, tok = load_causal_lm(draft, opts)
-    drafter = ModelDrafter(model, name=str(draft) if isinstance(draft, (str, os.PathLike)) else type(model).__name__)
-    drafter.check_vocab(target.vocab_size, target.tokenizer, tok)
+    if isinstance(draft, str) and draft == "embedded":
+        model, tok = load_embedded(opts)
+        drafter = ModelDrafter(model, name="embedded")
+    else:
+        loaded = load_model(draft, opts)
+        model, tok = loaded.model, loaded.tokenizer
+        name = str(draft) if isinstance(draft, (str, os.PathLike)) else type(model).__name__
+        drafter = ModelDrafter(model, name=name, processor=loaded.processor)
+    drafter.check_vocab(target.vocab_size, target.tokenizer, draft_tokenizer if draft_tokenizer is not None else tok)
     return drafter
+
+
+def for_target(drafter: Drafter, target: TargetModel) -> Drafter:
+    """The drafter as the target needs it: a VLM target's drafter that cannot see images drafts from the text."""
+    if target.image_token_id is None or handles_images(drafter):
+        return drafter
+    from drafters.text_only import TextOnlyDrafter
+
+    return TextOnlyDrafter(drafter, target.image_token_id)
 
 
 def load(
@@ -202,17 +231,23 @@ def load(
     device_map: str | dict | None = None,
     tree: TreeBuilder | str | None = None,
     tokenizer: Any | None = None,
+    processor: Any | None = None,
     trust_remote_code: bool = False,
 ) -> Decoder:
-    """Load a target and a draft (hub ids, folders, .gguf files or loaded models; None = embedded defaults)."""
+    """Load a target and a draft (hub ids, folders, .gguf files or loaded models; None = embedded defaults).
+
+    A llava target (any config with a vision_config and an image token) is loaded with its processor; `processor`
+    (and `tokenizer`) override what is found, and give an in-memory llava model what it needs for images and text.
+    """
     if isinstance(target, PreTrainedModel):
         dev = next(target.parameters()).device
         opts = LoadOptions(dtype=next(target.parameters()).dtype, device=dev)
     else:
         dev = resolve_device(device)
         opts = LoadOptions(resolve_dtype(dtype, dev), dev, device_map, trust_remote_code)
-    model, tok = load_causal_lm(target, opts)
-    tm = TargetModel(model, tokenizer if tokenizer is not None else tok)
+    loaded = load_model(target, opts)
+    tok = tokenizer if tokenizer is not None else loaded.tokenizer
+    tm = TargetModel(loaded.model, tok, processor if processor is not None else loaded.processor)
     return Decoder(tm, make_drafter(draft, tm, opts), tree)
 
 

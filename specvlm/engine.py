@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .builders import StepLimits, TreeBuilder
+import torch
+
+from .builders import Autoregressive, StepLimits, TreeBuilder
 from .cache import keep_positions
-from .drafting import Drafter
+from .drafting import Drafter, DraftSession
 from .models import TargetModel
 from .sampling import Sampling, make_generator
 from .stats import GenerationStats, StepRecord
@@ -38,6 +40,16 @@ class Step:
     done: bool
 
 
+class Undrafted(DraftSession):
+    """The autoregressive baseline's draft session: it is never asked for logits and keeps no state."""
+
+    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        raise RuntimeError("the autoregressive baseline drafts nothing")
+
+    def commit(self, path: list[int], new_tokens: list[int]) -> None:
+        pass
+
+
 def cut_tokens(new: list[int], produced: int, max_new_tokens: int, eos: frozenset[int]) -> tuple[list[int], bool]:
     """Honour max_new_tokens and EOS inside an accepted path: cut after the first EOS or at the budget."""
     out: list[int] = []
@@ -58,9 +70,15 @@ def decode(
     ids = list(request.prompt_ids)
     generator = make_generator(request.sampling.seed)
     cache = target.new_cache()
-    target.prefill(ids[:-1], cache, **(request.model_inputs or {}))
-    session = drafter.session(ids, target.vocab_size, **(request.draft_inputs or {}))
+    target.prefill(ids[:-1], cache, **(request.model_inputs or {}))  # a VLM's image prefix enters the cache here
+    draft_start = time.perf_counter()
+    if isinstance(builder, Autoregressive):  # the baseline is the target alone: no draft work, not even a prefill
+        session: DraftSession = Undrafted()
+    else:  # feed the prompt (and image) to the draft now, so that its cost counts as prefill
+        session = drafter.session(ids, target.vocab_size, **(request.draft_inputs or {}))
+        session.logits([0], [ids[-1]], [-1])
     stats.prefill_s = time.perf_counter() - start
+    stats.draft_prefill_s = stats.prefill_s - (draft_start - start)
     # the sequence never outgrows the target's context window
     budget = min(request.max_new_tokens, target.max_positions - len(ids))
     root, length, produced, done = ids[-1], len(ids), 0, budget <= 0

@@ -14,6 +14,8 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
     AutoTokenizer,
     DynamicCache,
     PreTrainedModel,
@@ -22,6 +24,7 @@ from transformers import (
 from . import embedded
 from .errors import ConfigError, ModelLoadError
 from .tree import TokenTree, tree_attention_mask, tree_position_ids
+from .vlm import image_token_id
 
 ModelSpec = str | os.PathLike | PreTrainedModel | None
 
@@ -107,12 +110,28 @@ def load_embedded(opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
     return _place(model, opts), tok
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model with its tokenizer and, for a vision-language model, its processor (either may be None)."""
+
+    model: PreTrainedModel
+    tokenizer: Any | None = None
+    processor: Any | None = None
+
+
 def load_causal_lm(spec: ModelSpec, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
     """(model, tokenizer or None) from a hub id, a folder, a .gguf file, an in-memory model, or None (embedded)."""
+    loaded = load_model(spec, opts)
+    return loaded.model, loaded.tokenizer
+
+
+def load_model(spec: ModelSpec, opts: LoadOptions) -> LoadedModel:
+    """A text causal LM, or a VLM (llava family: a config with a vision_config and an image token) with its processor,
+    from a hub id, a folder, a .gguf file, an in-memory model, or None (embedded)."""
     if spec is None:
-        return load_embedded(opts)
+        return LoadedModel(*load_embedded(opts))
     if isinstance(spec, PreTrainedModel):
-        return spec.eval(), None
+        return LoadedModel(spec.eval())
     if not isinstance(spec, (str, os.PathLike)):
         raise ModelLoadError(f"cannot load a model from {type(spec).__name__}: pass a hub id, a path or a model")
     path = Path(spec)
@@ -123,17 +142,27 @@ def load_causal_lm(spec: ModelSpec, opts: LoadOptions) -> tuple[PreTrainedModel,
                 raise ModelLoadError(f"GGUF file not found: {path}")
             tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **opts.kwargs())
-            return _place(model, opts), tok
+            return LoadedModel(_place(model, opts), tok)
         looks_local = path.exists() or str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1
         if looks_local and not path.exists():
             raise ModelLoadError(f"model path not found: {spec} (give an existing folder, a .gguf file or a hub id)")
-        AutoConfig.from_pretrained(str(spec), **extra)
-        model = AutoModelForCausalLM.from_pretrained(str(spec), **opts.kwargs())
-        try:
-            tok = AutoTokenizer.from_pretrained(str(spec), **extra)
-        except (OSError, ValueError):
-            tok = None
-        return _place(model, opts), tok
+        config = AutoConfig.from_pretrained(str(spec), **extra)
+        if image_token_id(config) is not None:  # llava and kin: the image-text-to-text class and a processor
+            model = AutoModelForImageTextToText.from_pretrained(str(spec), **opts.kwargs())
+            try:
+                processor = AutoProcessor.from_pretrained(str(spec), **extra)
+            except (OSError, ValueError, TypeError):
+                processor = None
+            tok = getattr(processor, "tokenizer", None)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(spec), **opts.kwargs())
+            processor, tok = None, None
+        if tok is None:
+            try:
+                tok = AutoTokenizer.from_pretrained(str(spec), **extra)
+            except (OSError, ValueError):
+                tok = None
+        return LoadedModel(_place(model, opts), tok, processor)
     except ModelLoadError:
         raise
     except (OSError, ValueError) as err:
@@ -181,12 +210,17 @@ class ForwardTimer:
 
 
 class TargetModel:
-    """A loaded target: prefill once (with pixel values for a VLM), then score whole trees in one forward each."""
+    """A loaded target: prefill once (with pixel values for a VLM), then score whole trees in one forward each.
+
+    For a VLM the prefill is the only forward that sees the image; its features sit in the cache as the image
+    prefix, and every tree forward passes ids, the 4D mask and position ids only (the language model gets them as is).
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None, processor: Any | None = None):
         self.model = model
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
         self.processor = processor
+        self.image_token_id = image_token_id(model.config)  # None: a text-only target
         self.device = model_device(model)
         self.dtype = model_dtype(model)
         self.vocab_size = vocab_size(model)

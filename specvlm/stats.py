@@ -20,7 +20,8 @@ class StepRecord:
 class GenerationStats:
     """Counts and seconds for one generation; `mean_accepted` = new tokens per target call."""
 
-    prefill_s: float = 0.0
+    prefill_s: float = 0.0  # the prompt (and image) into the target's and the draft's caches
+    draft_prefill_s: float = 0.0  # the draft's part of prefill_s
     seconds: float = 0.0
     steps: list[StepRecord] = field(default_factory=list)
 
@@ -68,5 +69,6 @@ class GenerationStats:
             "mean_tree_size": round(self.mean_tree_size, 2),
             "seconds": round(self.seconds, 4),
             "prefill_s": round(self.prefill_s, 4),
+            "draft_prefill_s": round(self.draft_prefill_s, 4),
             "tokens_per_second": round(self.tokens_per_second, 3),
         }

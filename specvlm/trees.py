@@ -11,7 +11,6 @@ DEFAULT_BRANCHING = (4, 2, 2, 1, 1, 1, 1)
 TREE_NAMES = ("ar", "chain", "static", "dynamic", "opt")
 
 
-
 def make_tree(tree: TreeBuilder | str | None, default: TreeBuilder | None = None) -> TreeBuilder:
     """A builder from a builder, a name, or None (the decoder's default)."""
     if isinstance(tree, TreeBuilder):
