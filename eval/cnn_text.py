@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from eval.common import (
+    Totals,
     add_io_args,
     add_model_args,
     add_tree_args,
@@ -63,41 +64,6 @@ class Article:
     id: str
     text: str
     reference: str | None
-
-
-@dataclass
-class Totals:
-    """Sums over samples: tokens, seconds, target calls and scored tree nodes."""
-
-    tokens: int = 0
-    seconds: float = 0.0
-    prefill: float = 0.0
-    calls: int = 0
-    nodes: int = 0
-
-    def add(self, gen: Generation) -> None:
-        self.tokens += gen.stats.new_tokens
-        self.seconds += gen.stats.seconds
-        self.prefill += gen.stats.prefill_s
-        self.calls += gen.stats.target_calls
-        self.nodes += sum(step.tree_size for step in gen.stats.steps)
-
-    @property
-    def tok_s(self) -> float | None:
-        return self.tokens / self.seconds if self.seconds > 0 else None
-
-    @property
-    def decode_tok_s(self) -> float | None:
-        """Tokens/s after the prompt is in the cache."""
-        return self.tokens / (self.seconds - self.prefill) if self.seconds > self.prefill else None
-
-    @property
-    def tokens_per_call(self) -> float | None:
-        return self.tokens / self.calls if self.calls else None
-
-    @property
-    def tree_size(self) -> float | None:
-        return self.nodes / self.calls if self.calls else None
 
 
 @dataclass

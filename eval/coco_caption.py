@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from eval.common import (
+    Totals,
     add_io_args,
     add_model_args,
     add_tree_args,
@@ -66,54 +67,6 @@ class Sample:
     id: int
     path: Path
     captions: tuple[str, ...]
-
-
-@dataclass
-class Totals:
-    """Sums over images: tokens, seconds (prefill split into target and draft), target calls, tree nodes."""
-
-    tokens: int = 0
-    seconds: float = 0.0
-    prefill: float = 0.0
-    draft_prefill: float = 0.0
-    step_seconds: float = 0.0
-    calls: int = 0
-    nodes: int = 0
-    prompt_tokens: int = 0
-    image_tokens: int = 0
-    accepted: Counter[int] = field(default_factory=Counter)
-
-    def add(self, gen: Generation, image_token: int) -> None:
-        self.tokens += gen.stats.new_tokens
-        self.seconds += gen.stats.seconds
-        self.prefill += gen.stats.prefill_s
-        self.draft_prefill += gen.stats.draft_prefill_s
-        self.step_seconds += sum(step.total_s for step in gen.stats.steps)
-        self.calls += gen.stats.target_calls
-        self.nodes += sum(step.tree_size for step in gen.stats.steps)
-        self.prompt_tokens += len(gen.prompt_ids)
-        self.image_tokens += sum(1 for t in gen.prompt_ids if t == image_token)
-        self.accepted.update(step.accepted for step in gen.stats.steps)
-
-    @property
-    def tok_s(self) -> float | None:
-        return self.tokens / self.seconds if self.seconds > 0 else None
-
-    @property
-    def decode_tok_s(self) -> float | None:
-        return self.tokens / (self.seconds - self.prefill) if self.seconds > self.prefill else None
-
-    @property
-    def tokens_per_call(self) -> float | None:
-        return self.tokens / self.calls if self.calls else None
-
-    @property
-    def tree_size(self) -> float | None:
-        return self.nodes / self.calls if self.calls else None
-
-    @property
-    def step_ms(self) -> float | None:
-        return 1000 * self.step_seconds / self.calls if self.calls else None
 
 
 @dataclass

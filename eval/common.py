@@ -12,12 +12,14 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
-    from specvlm import Decoder, TreeBuilder
+    from specvlm import Decoder, Generation, TreeBuilder
 
 T = TypeVar("T")
 
@@ -252,6 +254,55 @@ def describe_tree(builder: object) -> str:
         else:
             parts.append(f"{f.name}={value}")
     return f"{name}({', '.join(parts)})" if parts else name
+
+
+# -- totals over samples ---------------------------------------------------------------------------------------------
+@dataclass
+class Totals:
+    """Sums over samples: tokens, seconds (prefill split into target and draft), target calls, tree nodes."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    prefill: float = 0.0
+    draft_prefill: float = 0.0
+    step_seconds: float = 0.0
+    calls: int = 0
+    nodes: int = 0
+    prompt_tokens: int = 0
+    image_tokens: int = 0
+    accepted: Counter[int] = field(default_factory=Counter)
+
+    def add(self, gen: Generation, image_token: int | None = None) -> None:
+        self.tokens += gen.stats.new_tokens
+        self.seconds += gen.stats.seconds
+        self.prefill += gen.stats.prefill_s
+        self.draft_prefill += gen.stats.draft_prefill_s
+        self.step_seconds += sum(step.total_s for step in gen.stats.steps)
+        self.calls += gen.stats.target_calls
+        self.nodes += sum(step.tree_size for step in gen.stats.steps)
+        self.prompt_tokens += len(gen.prompt_ids)
+        self.image_tokens += sum(1 for t in gen.prompt_ids if t == image_token)
+        self.accepted.update(step.accepted for step in gen.stats.steps)
+
+    @property
+    def tok_s(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        return self.tokens / (self.seconds - self.prefill) if self.seconds > self.prefill else None
+
+    @property
+    def tokens_per_call(self) -> float | None:
+        return self.tokens / self.calls if self.calls else None
+
+    @property
+    def tree_size(self) -> float | None:
+        return self.nodes / self.calls if self.calls else None
+
+    @property
+    def step_ms(self) -> float | None:
+        return 1000 * self.step_seconds / self.calls if self.calls else None
 
 
 # -- running a CLI -------------------------------------------------------------------------------------------------
