@@ -41,22 +41,13 @@ from eval.common import (
     run_cli,
     select_range,
 )
+from growmaps.plan import size_list
 
 if TYPE_CHECKING:
     from specvlm import Decoder
     from specvlm.models import TargetModel
 
 CLI = "growmaps.measure"
-
-
-def size_list(text: str) -> list[int]:
-    try:
-        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 1,4,8,16, got {text!r}") from None
-    if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be integers >= 1, got {text!r}")
-    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:

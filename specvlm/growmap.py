@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .builders.simple import template_from_branching
 from .errors import GrowmapError, SpecVLMError
 
 FORMAT = "specvlm-growmap"
@@ -116,15 +117,7 @@ def parents_from_branching(branching: object, where: str, error: type[SpecVLMErr
         size += level
         if size > MAX_NODES:
             raise error(f"{where}: branching {list(branching)} makes more than {MAX_NODES} nodes")
-    parents, frontier = [-1], [0]
-    for width in branching:
-        nxt = []
-        for p in frontier:
-            for _ in range(width):
-                parents.append(p)
-                nxt.append(len(parents) - 1)
-        frontier = nxt
-    return tuple(parents)
+    return tuple(template_from_branching([int(w) for w in branching]))
 
 
 def _check_provenance(prov: object, where: str) -> dict[str, Any]:
