@@ -79,7 +79,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--draft",
         metavar="DRAFT",
-        help="draft: 'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), or a folder, .gguf file or hub id of a "
+        help="draft: 'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), 'layerskip:K' (the target's first K "
+        "layers, shared weights), 'embedded', or a folder, .gguf file or hub id of a "
         "small LM with the target's tokenizer (default: the decoder's default draft)",
     )
     group.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")

@@ -183,8 +183,9 @@ class Decoder:
 def make_drafter(
     draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
 ) -> Drafter:
-    """A drafter from a spec: None -> the default (n-grams), "ngram[:N]", "embedded" (SmolLM2-135M as a draft), a
-    model id / path / GGUF / model (a llava draft comes with its processor)."""
+    """A drafter from a spec: None -> the default (n-grams), "ngram[:N]", "layerskip:K" (the target's first K layers,
+    its weights shared), "embedded" (SmolLM2-135M as a draft), a model id / path / GGUF / model (a llava draft comes
+    with its processor)."""
     from drafters.model import ModelDrafter  # drafters depend on specvlm: import them lazily
     from drafters.ngram import NGramDrafter
 
@@ -201,6 +202,8 @@ def make_drafter(
         if n and not (n.isdigit() and 1 <= int(n) <= 16):
             raise ConfigError(f"bad n-gram draft {draft!r}: use 'ngram' or 'ngram:N' with 1 <= N <= 16")
         return NGramDrafter(max_n=int(n) if n else 3)
+    if isinstance(draft, str) and re.fullmatch(r"(layerskip|layer-skip)(:.*)?", draft):
+        return layer_skip_drafter(draft, target)
     if isinstance(draft, str) and draft == "embedded":
         model, tok = load_embedded(opts)
         drafter = ModelDrafter(model, name="embedded")
@@ -211,6 +214,20 @@ def make_drafter(
         drafter = ModelDrafter(model, name=name, processor=loaded.processor)
     drafter.check_vocab(target.vocab_size, target.tokenizer, draft_tokenizer if draft_tokenizer is not None else tok)
     return drafter
+
+
+def layer_skip_drafter(spec: str, target: TargetModel) -> Drafter:
+    """`"layerskip:K"`: a self-draft of the target's first K decoder layers (K in 1 .. layers - 1)."""
+    from drafters.layerskip import LayerSkipDrafter, decoder_layers
+
+    total = decoder_layers(target.model)
+    _, _, k = spec.partition(":")
+    if not k.isdigit() or not 1 <= int(k) < total:
+        raise ConfigError(
+            f"bad layer-skip draft {spec!r}: write 'layerskip:K' with K the number of the target's {total} decoder "
+            f"layers to keep, 1 <= K <= {total - 1} (e.g. 'layerskip:{max(1, total * 3 // 4)}')"
+        )
+    return LayerSkipDrafter(target.model, int(k))
 
 
 def for_target(drafter: Drafter, target: TargetModel) -> Drafter:
