@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from specvlm.cache import keep_positions
-from specvlm.errors import ModelLoadError
+from specvlm.errors import ConfigError, ModelLoadError
 from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
 
 from .base import Drafter, DraftSession
@@ -134,6 +134,18 @@ class ModelDrafter(Drafter):
                 )
         elif abs(draft_vocab - target_vocab) > 128 and draft_vocab > target_vocab:
             raise ModelLoadError(f"draft vocabulary ({draft_vocab}) does not fit the target's ({target_vocab})")
+
+    @torch.inference_mode()
+    def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:
+        """Teacher-forced draft logits after every position of `ids` [L], in one causal forward: [L, V_draft]
+        (float32; `specvlm.potential.fit_vocab` fits them to the target's vocabulary)."""
+        if self.handles_images:
+            raise ConfigError(
+                f"draft {self.name!r} is a vision-language model: scoring whole sequences would need its image "
+                "inputs, which sequence_logits does not take; score a text draft (it reads the prompt's text)"
+            )
+        out = self.model(input_ids=ids[None].to(next(self.model.parameters()).device), use_cache=False)
+        return out.logits[0].float()  # [L, V_draft]
 
     def session(
         self, prompt_ids: list[int], vocab_size: int, images: ImagePrompt | None = None, **inputs: Any

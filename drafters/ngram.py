@@ -75,3 +75,15 @@ class NGramDrafter(Drafter):
 
     def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
         return NGramSession(list(prompt_ids), vocab_size, self.max_n, self.min_n)
+
+    def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:
+        """What the session would propose after every position of `ids` [L], its table holding ids[: i + 1] then:
+        [L, max(ids) + 1], log counts or -inf (a row of -inf proposes nothing).  q is close to a point mass, so
+        its KL to the target is dominated by the floor that `specvlm.potential` puts under q."""
+        tokens = [int(t) for t in ids.tolist()]
+        session = NGramSession([], max(tokens) + 1, self.max_n, self.min_n)
+        rows = []
+        for tok in tokens:
+            session.commit([0], [tok])
+            rows.append(session.logits([0], [tok], [-1]))  # [1, V]; node 0 = the last token of the table
+        return torch.cat(rows)  # [L, V]

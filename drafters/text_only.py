@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from specvlm.vlm import ImagePrompt, strip_image_tokens
 
 from .base import Drafter, DraftSession
@@ -30,3 +32,8 @@ class TextOnlyDrafter(Drafter):
     ) -> DraftSession:
         token = images.token_id if images is not None else self.image_token_id
         return self.base.session(strip_image_tokens(prompt_ids, token), vocab_size)
+
+    def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:
+        """The base draft's logits over the text positions of `ids` (image tokens dropped): [L_text, V]."""
+        text = ids != self.image_token_id  # [L]
+        return self.base.sequence_logits(ids[text], target_hidden[text] if target_hidden is not None else None)

@@ -23,8 +23,10 @@ from eval.common import (
     check_sampling,
     load_decoder,
     markdown_table,
+    pyplot,
     result_paths,
     run_cli,
+    save_figure,
     write_json,
     write_jsonl,
 )
@@ -188,13 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib not installed, no plot (pip install matplotlib)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [r["method"] for r in rows]
@@ -204,10 +201,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("tokens / s")
     ax.set_title("specvlm vs HF baselines (same prompts, one run)")
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"plot: {path}", file=sys.stderr)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from eval.common import (
     add_model_args,
     add_tree_args,
     check_sampling,
+    cli_parser,
     describe_tree,
     load_decoder,
     markdown_table,
@@ -75,14 +76,8 @@ class Run:
     spec: Totals = field(default_factory=Totals)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m eval.{CLI}",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --dataset-config, --split, --data-files, --text-field, --ref-field, --max-article-tokens."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
@@ -106,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="cut articles to N tokens before the chat template (default: 768)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_parser(CLI, DESCRIPTION, EPILOG)
+    add_data_args(parser)
     add_model_args(parser)
     add_tree_args(parser)
     add_io_args(parser)

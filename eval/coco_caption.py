@@ -24,6 +24,7 @@ from eval.common import (
     add_tree_args,
     check_sampling,
     check_writable,
+    cli_parser,
     describe_tree,
     load_decoder,
     markdown_table,
@@ -79,13 +80,7 @@ class Run:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m eval.{CLI}",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
+    parser = cli_parser(CLI, DESCRIPTION, EPILOG)
     data = parser.add_argument_group("data")
     data.add_argument(
         "--coco-root",

@@ -67,9 +67,21 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def cli_parser(cli: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The parser of `python -m eval.<cli>`: description and examples kept as written, no abbreviated flags."""
+    return argparse.ArgumentParser(
+        prog=f"python -m eval.{cli}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+
+
 # -- argument groups -----------------------------------------------------------------------------------------------
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--target, --draft, --dtype, --device, --device-map, --threads, --trust-remote-code (None = embedded defaults)."""
+def add_model_args(parser: argparse.ArgumentParser, *, several_drafts: bool = False) -> None:
+    """--target, --draft, --dtype, --device, --device-map, --threads, --trust-remote-code (None = embedded defaults).
+    With `several_drafts`, --draft may be repeated (a list, None when not given)."""
     group = parser.add_argument_group("models")
     group.add_argument(
         "--target",
@@ -79,9 +91,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--draft",
         metavar="DRAFT",
+        action="append" if several_drafts else "store",
         help="draft: 'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), 'layerskip:K' (the target's first K "
-        "layers, shared weights), 'embedded', or a folder, .gguf file or hub id of a "
-        "small LM with the target's tokenizer (default: the decoder's default draft)",
+        "layers, shared weights), 'embedded', or a folder, .gguf file or hub id of a small LM with the target's "
+        "tokenizer" + (" (repeat for several drafts)" if several_drafts else " (default: the decoder's default draft)"),
     )
     group.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
     group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
@@ -394,6 +407,30 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]], *, append: 
     with path.open("a" if append else "w", encoding="utf-8") as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+
+
+# -- plots ---------------------------------------------------------------------------------------------------------
+def pyplot() -> Any | None:
+    """matplotlib.pyplot on the Agg backend, or None (with a note) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib not installed, no plot (pip install matplotlib)", file=sys.stderr)
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write as PNG, close, and say where it went."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}", file=sys.stderr)
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
