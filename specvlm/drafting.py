@@ -31,12 +31,24 @@ class DraftSession(ABC):
     def observe(self, tokens: list[int], parents: list[int], target_top: list[int]) -> None:  # noqa: B027 - optional
         """The target's most likely next token after each node of the tree it just scored (before `commit`)."""
 
+    def observe_hidden(self, hidden: torch.Tensor) -> None:  # noqa: B027 - optional
+        """The target's last hidden state (final-normed) at every node of the tree it just scored: [N, H].
+        Called before `commit` when the drafter sets `needs_target_hidden`."""
+
 
 class Drafter(ABC):
     """A source of draft distributions for one target."""
 
     name: str = "drafter"
+    #: True: the engine passes the target's last hidden states (final-normed, [L, H]) to `session` as
+    #: `target_hidden` (prompt positions but the last) and to `DraftSession.observe_hidden` after each tree forward
+    needs_target_hidden: bool = False
 
     @abstractmethod
     def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
         """Start drafting after `prompt_ids` (whose last token is the first root).  `inputs` may hold pixel_values."""
+
+    def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:
+        """Teacher-forced draft logits for the next token after every position of `ids` [L] -> [L, V_target].
+        `target_hidden` [L, H] holds the target's last hidden states when `needs_target_hidden`, else None."""
+        raise NotImplementedError(f"{type(self).__name__} does not score whole sequences")

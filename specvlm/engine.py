@@ -70,12 +70,16 @@ def decode(
     ids = list(request.prompt_ids)
     generator = make_generator(request.sampling.seed)
     cache = target.new_cache()
-    target.prefill(ids[:-1], cache, **(request.model_inputs or {}))  # a VLM's image prefix enters the cache here
+    undrafted = isinstance(builder, Autoregressive)  # the baseline is the target alone: no draft work at all
+    feed_hidden = drafter.needs_target_hidden and not undrafted
+    # a VLM's image prefix enters the cache here
+    prefix_hidden = target.prefill(ids[:-1], cache, hidden=feed_hidden, **(request.model_inputs or {}))
     draft_start = time.perf_counter()
-    if isinstance(builder, Autoregressive):  # the baseline is the target alone: no draft work, not even a prefill
+    if undrafted:
         session: DraftSession = Undrafted()
     else:  # feed the prompt (and image) to the draft now, so that its cost counts as prefill
-        session = drafter.session(ids, target.vocab_size, **(request.draft_inputs or {}))
+        extra = {"target_hidden": prefix_hidden} if feed_hidden else {}
+        session = drafter.session(ids, target.vocab_size, **extra, **(request.draft_inputs or {}))
         session.logits([0], [ids[-1]], [-1])
     stats.prefill_s = time.perf_counter() - start
     stats.draft_prefill_s = stats.prefill_s - (draft_start - start)
@@ -94,10 +98,12 @@ def decode(
         t1 = time.perf_counter()
         # 2. score every node in one target forward
         past = length - 1
-        logits = target.score(tree, cache)  # [N, V]
+        logits, hidden = target.score_with_hidden(tree, cache, hidden=feed_hidden)  # [N, V], [N, H] or None
         t2 = time.perf_counter()
         # 3. verify: the accepted path and the bonus token
         accepted = verify(tree, logits, request.sampling, generator)
+        if hidden is not None:
+            session.observe_hidden(hidden)
         if session.wants_target_feedback:
             session.observe(tree.tokens.tolist(), tree.parents.tolist(), logits.argmax(dim=-1).tolist())
         t3 = time.perf_counter()

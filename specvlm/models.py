@@ -225,6 +225,7 @@ class TargetModel:
         self.dtype = model_dtype(model)
         self.vocab_size = vocab_size(model)
         self.max_positions = max_positions(model)
+        self.hidden_size = int(model.get_input_embeddings().weight.shape[-1])
         self.eos = eos_ids(model, tokenizer)
         self.pad_to = 4 if self.device.type == "cpu" and self.dtype == torch.float32 else 1
 
@@ -232,16 +233,34 @@ class TargetModel:
         return DynamicCache(config=self.model.config)
 
     @torch.inference_mode()
-    def prefill(self, ids: list[int], cache: DynamicCache, **model_inputs: Any) -> None:
-        """Run the prompt (all but its last token) into `cache`; extra inputs (pixel_values) go to the model."""
+    def prefill(
+        self, ids: list[int], cache: DynamicCache, *, hidden: bool = False, **model_inputs: Any
+    ) -> torch.Tensor | None:
+        """Run the prompt (all but its last token) into `cache`; extra inputs (pixel_values) go to the model.
+        With `hidden`, returns the last hidden state (final-normed) at every position: [L, H]."""
         if not ids:
-            return
+            return torch.zeros(0, self.hidden_size, dtype=self.dtype, device=self.device) if hidden else None
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, L]
-        self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **model_inputs)
+        out = self.model(
+            input_ids=input_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            output_hidden_states=hidden,
+            **model_inputs,
+        )
+        return out.hidden_states[-1][0] if hidden else None
 
     @torch.inference_mode()
     def score(self, tree: TokenTree, cache: DynamicCache) -> torch.Tensor:
         """Logits p for every node in one forward with a tree mask.  Returns [N, V]; the cache grows by N (+pad)."""
+        return self.score_with_hidden(tree, cache, hidden=False)[0]
+
+    @torch.inference_mode()
+    def score_with_hidden(
+        self, tree: TokenTree, cache: DynamicCache, hidden: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`score`, plus the last hidden state (final-normed) at every node when `hidden`: ([N, V], [N, H])."""
         past = int(cache.get_seq_length())
         n = tree.size
         tokens, parents, depth = tree.tokens, tree.parents, tree.depth
@@ -259,5 +278,6 @@ class TargetModel:
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=torch.arange(n, device=self.device),  # no lm_head work for the padding
+            output_hidden_states=hidden,
         )
-        return out.logits[0, :n]  # [N, V]
+        return out.logits[0, :n], (out.hidden_states[-1][0, :n] if hidden else None)  # [N, V], [N, H]

@@ -1,0 +1,246 @@
+"""A trained feature-level draft (EAGLE-style) that rides on the target's own hidden states.
+
+Input at position s: the target's last hidden state at s - 1 (final-normed; the draft's own prediction of it inside
+a drafted branch) and the embedding of token s (the target's embedding table, shared at run time).  One Llama
+decoder layer predicts the target's hidden state at s; the target's output head restricted to the `head_ids`
+most frequent tokens turns it into draft logits.  Only the fuse layer, the decoder layer and its norm are stored:
+embeddings and head rows come from the target when the draft is attached to it.
+
+Saved in HF format (config.json with `specvlm_draft: "feature"` + model.safetensors), loaded by
+`specvlm.load(draft=PATH)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, LlamaConfig, LlamaModel, PreTrainedModel
+
+from specvlm.cache import keep_positions
+from specvlm.errors import ConfigError, ModelLoadError
+
+from .base import Drafter, DraftSession
+
+DRAFT_KIND = "feature"
+
+
+class FeatureDraftModel(PreTrainedModel):
+    """fuse([feature; embedding]) -> one Llama decoder layer -> predicted target feature.  Head ids as a buffer."""
+
+    config_class = LlamaConfig
+    base_model_prefix = "feature_draft"
+    _supports_sdpa = True
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.fuse = nn.Linear(2 * hidden, hidden, bias=True)
+        self.decoder = LlamaModel(config)  # inputs_embeds only: its own embedding table is a 1-row stub
+        self.register_buffer("head_ids", torch.zeros(config.specvlm_head_size, dtype=torch.long))
+        self.post_init()
+
+    def forward(  # type: ignore[override]
+        self,
+        features: torch.Tensor,  # [B, L, H] target (or predicted) feature of the previous position
+        token_embeds: torch.Tensor,  # [B, L, H] target embeddings of the tokens at these positions
+        position_ids: torch.Tensor,  # [B, L]
+        attention_mask: torch.Tensor | None = None,  # [B, 1, L, past + L] additive, or None for causal
+        past_key_values: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        fused = self.fuse(torch.cat([features, token_embeds], dim=-1))  # [B, L, H]
+        out = self.decoder(
+            inputs_embeds=fused,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+        )
+        return out.last_hidden_state  # [B, L, H], final-normed like the target's last hidden state
+
+
+def draft_config(target_config: Any, head_size: int, layers: int = 1) -> LlamaConfig:
+    """A Llama config shaped like the target's layers, with one (or a few) layers and no real embedding table."""
+    tc = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
+    return LlamaConfig(
+        vocab_size=1,
+        hidden_size=tc.hidden_size,
+        intermediate_size=tc.intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=tc.num_attention_heads,
+        num_key_value_heads=getattr(tc, "num_key_value_heads", tc.num_attention_heads),
+        head_dim=getattr(tc, "head_dim", tc.hidden_size // tc.num_attention_heads),
+        max_position_embeddings=tc.max_position_embeddings,
+        rms_norm_eps=tc.rms_norm_eps,
+        rope_parameters=getattr(tc, "rope_parameters", None),
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+        tie_word_embeddings=False,
+        specvlm_draft=DRAFT_KIND,
+        specvlm_head_size=head_size,
+        specvlm_target_vocab=int(tc.vocab_size),
+    )
+
+
+def is_feature_draft(path: str | Path) -> bool:
+    """True for a folder holding a saved FeatureDraftModel."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("specvlm_draft") == DRAFT_KIND
+    except json.JSONDecodeError:
+        return False
+
+
+def target_head(target: PreTrainedModel) -> tuple[nn.Embedding, torch.Tensor]:
+    """The target's input embedding table and output head weight [V, H] (tied in SmolLM2)."""
+    return target.get_input_embeddings(), target.get_output_embeddings().weight
+
+
+class FeatureSession(DraftSession):
+    """Draft cache = committed tokens fed with the target's real features, + this step's tree nodes.
+
+    `pending` tokens are committed but not yet fed; `pending_feats` holds the target feature of each one's
+    predecessor.  Tree nodes are fed with predicted features, so after a step only the root is kept and the
+    accepted tokens are fed again with the target's real features (the EAGLE re-feed).
+    """
+
+    def __init__(self, drafter: FeatureDrafter, prompt_ids: list[int], target_hidden: torch.Tensor):
+        self.d = drafter
+        self.cache = DynamicCache(config=drafter.model.config)
+        self.base = 0  # committed tokens in the cache
+        zero = target_hidden.new_zeros(1, target_hidden.shape[-1])
+        self.pending = list(prompt_ids)
+        self.pending_feats = torch.cat([zero, target_hidden[: len(prompt_ids) - 1]])  # [P, H]
+        self.slot: dict[int, int] = {}
+        self.out: dict[int, torch.Tensor] = {}  # node -> predicted feature [H]
+        self.node_logits: dict[int, torch.Tensor] = {}
+        self.hidden: torch.Tensor | None = None  # target hidden states of the last scored tree [N, H]
+
+    def _forward(
+        self, tokens: list[int], feats: torch.Tensor, positions: list[int], mask: torch.Tensor
+    ) -> torch.Tensor:
+        d = self.d
+        ids = torch.tensor([tokens], device=d.device)
+        out = d.model(
+            features=feats[None].to(d.dtype),
+            token_embeds=d.embed(ids).to(d.dtype),
+            position_ids=torch.tensor([positions], device=d.device),
+            attention_mask=mask[None, None].to(d.device),
+            past_key_values=self.cache,
+        )
+        return out[0]  # [K, H]
+
+    def _feed_pending(self) -> None:
+        n, start = len(self.pending), self.base
+        dtype = self.d.dtype
+        causal = torch.full((n, start + n), torch.finfo(dtype).min, dtype=dtype)
+        causal[:, :start] = 0
+        causal[:, start:] = torch.triu(causal[:, start:], diagonal=1)
+        out = self._forward(self.pending, self.pending_feats, list(range(start, start + n)), causal)
+        self.base = start + n - 1  # the root is node 0 of this step's tree
+        self.slot, self.out = {0: self.base}, {0: out[-1]}
+        self.node_logits = {0: self.d.full_logits(out[-1:])[0]}
+        self.pending = []
+
+    @torch.inference_mode()
+    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        if self.pending:
+            self._feed_pending()
+        new = [n for n in nodes if n not in self.slot]
+        if new:
+            dtype = self.d.dtype
+            past = int(self.cache.get_seq_length())
+            k = len(new)
+            allowed = torch.zeros(k, past + k, dtype=torch.bool)  # [K, past + K]
+            allowed[:, : self.base] = True
+            depth: list[int] = []
+            for row, node in enumerate(new):
+                allowed[row, past + row] = True
+                d, cur = 0, parents[node]
+                while cur >= 0:
+                    allowed[row, self.slot[cur]] = True
+                    cur, d = parents[cur], d + 1
+                depth.append(d)
+            mask = torch.zeros(k, past + k, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+            feats = torch.stack([self.out[parents[n]] for n in new])  # [K, H]
+            out = self._forward([tokens[n] for n in new], feats, [self.base + d for d in depth], mask)
+            logits = self.d.full_logits(out)  # [K, V]
+            for row, node in enumerate(new):
+                self.slot[node] = past + row
+                self.out[node] = out[row]
+                self.node_logits[node] = logits[row]
+        return torch.stack([self.node_logits[n] for n in nodes])  # [len(nodes), V]
+
+    def observe_hidden(self, hidden: torch.Tensor) -> None:
+        self.hidden = hidden
+
+    def commit(self, path: list[int], new_tokens: list[int]) -> None:
+        if self.hidden is None:
+            raise RuntimeError("the feature draft needs the target's hidden states of the scored tree")
+        keep_positions(self.cache, self.base, [self.base])  # keep the root (fed with a real feature) only
+        self.base += 1
+        self.pending = list(new_tokens)
+        self.pending_feats = self.hidden[torch.tensor(path, device=self.hidden.device)]  # [len(path), H]
+        self.slot, self.out, self.node_logits, self.hidden = {}, {}, {}, None
+
+
+class FeatureDrafter(Drafter):
+    """A FeatureDraftModel attached to its target (embeddings and head rows shared, never copied)."""
+
+    needs_target_hidden = True
+
+    def __init__(self, model: FeatureDraftModel, target: PreTrainedModel, name: str = "feature"):
+        cfg = model.config
+        embed, head = target_head(target)
+        if head.shape[-1] != cfg.hidden_size or head.shape[0] < int(model.head_ids.max()) + 1:
+            raise ModelLoadError(
+                f"this draft was trained for a target with hidden size {cfg.hidden_size} and vocabulary "
+                f"{cfg.specvlm_target_vocab}; the target has {head.shape[-1]} and {head.shape[0]}"
+            )
+        self.model = model.eval()
+        self.name = name
+        self.embed = embed
+        self.device = head.device
+        self.dtype = next(model.parameters()).dtype
+        self.head_ids = model.head_ids.to(self.device)  # [K]
+        self.head = head.detach()[self.head_ids].to(self.dtype)  # [K, H] a gathered copy of K rows
+        self.vocab = int(head.shape[0])
+
+    def full_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Reduced-head logits scattered into the target vocabulary (other tokens -inf): [K, H] -> [K, V]."""
+        small = (feats.to(self.dtype) @ self.head.T).float()  # [K, K_head]
+        full = torch.full((feats.shape[0], self.vocab), -torch.inf, device=feats.device)
+        return full.index_copy_(1, self.head_ids, small)
+
+    def session(
+        self, prompt_ids: list[int], vocab_size: int, target_hidden: torch.Tensor | None = None, **inputs: Any
+    ) -> DraftSession:
+        if target_hidden is None:
+            raise ConfigError("the feature draft needs the target's hidden states (use it through specvlm's engine)")
+        if inputs.get("images") is not None:
+            raise ConfigError("the feature draft is text-only: it cannot draft for a VLM target yet")
+        return FeatureSession(self, prompt_ids, target_hidden.to(self.device))
+
+    @torch.inference_mode()
+    def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:
+        if target_hidden is None:
+            raise ConfigError("the feature draft needs the target's hidden states")
+        ids = ids.to(self.device)
+        feats = torch.cat([target_hidden.new_zeros(1, target_hidden.shape[-1]), target_hidden[:-1]])  # [L, H]
+        positions = torch.arange(ids.shape[0], device=self.device)[None]
+        out = self.model(features=feats[None].to(self.dtype), token_embeds=self.embed(ids[None]).to(self.dtype),
+                         position_ids=positions)  # fmt: skip
+        return self.full_logits(out[0])  # [L, V]
+
+
+def load_feature_draft(path: str | Path, target: PreTrainedModel, dtype: torch.dtype | None = None) -> FeatureDrafter:
+    """Load a saved draft folder and attach it to `target` (same device; the target's dtype unless given)."""
+    head = target.get_output_embeddings().weight
+    model = FeatureDraftModel.from_pretrained(str(path), dtype=dtype or head.dtype).to(head.device)
+    return FeatureDrafter(model, target, name=Path(path).name)

@@ -1,0 +1,248 @@
+"""Self-distillation data: the target answers prompts it (mostly) wrote itself, so no external dataset is needed.
+
+Three prompt sources, all generated here:
+  1. user turns sampled from the target's own chat distribution (T=1, top-p 0.95, after a bare user header),
+  2. instruction templates x topics (explain / list / story / email / compare / advise ...),
+  3. "summarise this article" over articles the target wrote in round 1 (summaries copy from their source, as the
+     news evaluation does).
+Responses are the target's greedy continuations, which is what a greedy speculative decoder must predict.
+The output is JSONL, one record per response: {"source", "prompt", "ids"} where `ids` = chat-formatted prompt +
+response token ids.  Records are appended batch by batch, so a run can be stopped and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+TOPICS = (
+    "volcanoes", "the water cycle", "photosynthesis", "black holes", "the Roman Empire", "machine learning",
+    "climate change", "honey bees", "the stock market", "jazz music", "the human heart", "electric cars",
+    "coral reefs", "the printing press", "vaccines", "the moon landing", "renewable energy", "chess",
+    "the French Revolution", "recycling", "sleep", "coffee", "the internet", "earthquakes", "dinosaurs",
+    "the immune system", "solar panels", "ancient Egypt", "bread baking", "gardening", "inflation",
+    "the Olympic Games", "rainforests", "social media", "the solar system", "antibiotics", "public libraries",
+    "marathon training", "budgeting", "time management", "birds migrating", "glaciers", "cryptography",
+    "the Great Wall of China", "smartphones", "ocean tides", "meditation", "wind turbines", "tea",
+    "the Renaissance", "robots", "nutrition", "volunteering", "mountain hiking", "city planning", "bicycles",
+    "languages", "friendship", "job interviews", "pandas", "space telescopes", "electricity", "DNA",
+    "the Industrial Revolution", "podcasts", "fire safety", "whales", "deserts", "museums", "airplanes",
+    "composting", "snow", "pizza", "video games", "democracy", "bridges", "vitamins", "rivers", "trains",
+)  # fmt: skip
+
+TEMPLATES = (
+    "Explain {t} to a ten-year-old.",
+    "What are three interesting facts about {t}?",
+    "Write a short story that involves {t}.",
+    "Give me a list of tips related to {t}.",
+    "Write a short email to a friend about {t}.",
+    "What are the pros and cons of {t}?",
+    "Describe the history of {t} in a few paragraphs.",
+    "Why is {t} important?",
+    "Write a poem about {t}.",
+    "How would you teach a beginner about {t}?",
+    "Summarize what scientists know about {t}.",
+    "What questions do people often ask about {t}? Answer two of them.",
+    "Write a news article about a recent event involving {t}.",
+    "Compare {t} and {u}.",
+    "Write a short blog post on {t}.",
+    "What is a common misconception about {t}?",
+    "Create a quiz with three questions about {t}.",
+    "Give step-by-step instructions for a project about {t}.",
+)
+
+SUMMARY_TEMPLATES = (
+    "Summarize the following article in a few sentences.\n\n{a}",
+    "{a}\n\nWrite a short summary of the text above.",
+    "Give a one-paragraph summary of this text:\n\n{a}",
+    "Read the article and list its main points.\n\n{a}",
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    source: str  # sampled | template | summary
+    text: str
+
+
+def template_prompts(rng: random.Random) -> list[Prompt]:
+    out = []
+    for t in TOPICS:
+        for tpl in TEMPLATES:
+            out.append(Prompt("template", tpl.format(t=t, u=rng.choice(TOPICS))))
+    rng.shuffle(out)
+    return out
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    names = ["<|im_end|>", "<|endoftext|>"]
+    ids = [tokenizer.eos_token_id, *(i for i in tokenizer.convert_tokens_to_ids(names) if i is not None)]
+    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
+def chat_ids(tokenizer: Any, text: str) -> list[int]:
+    msgs = [{"role": "user", "content": text}]
+    return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: PreTrainedModel, batch: list[list[int]], max_new_tokens: int, pad_id: int, stop: list[int], **sampling: Any
+) -> list[list[int]]:
+    """Left-padded batched HF generation; returns each row's new tokens up to and including its first stop token."""
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(batch):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=stop,
+        **sampling,
+    )
+    result = []
+    for row in out[:, width:].tolist():
+        cut = next((i + 1 for i, tok in enumerate(row) if tok in stop), len(row))
+        result.append(row[:cut])
+    return result
+
+
+def sampled_user_prompts(
+    model: PreTrainedModel, tokenizer: Any, n: int, batch_size: int, seed: int, stop: list[int]
+) -> list[Prompt]:
+    """User turns drawn from the target itself: a bare user header, sampled at T=1."""
+    torch.manual_seed(seed)
+    header = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False)
+    prefix = header.split("\x00")[0]
+    head_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    out: list[Prompt] = []
+    for _ in tqdm(range(0, n, batch_size), desc="sampling prompts", unit="batch", dynamic_ncols=True):
+        rows = generate_batch(
+            model, [head_ids] * batch_size, 48, pad, stop, do_sample=True, temperature=1.0, top_p=0.95
+        )
+        for row in rows:
+            text = tokenizer.decode(row, skip_special_tokens=True).strip()
+            if len(text) >= 12:
+                out.append(Prompt("sampled", text))
+    return out[:n]
+
+
+def by_length(prompts: list[tuple[Prompt, list[int]]], batch_size: int) -> Iterator[list[tuple[Prompt, list[int]]]]:
+    """Batches of similar prompt length (less padding)."""
+    ordered = sorted(prompts, key=lambda p: len(p[1]))
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    random.Random(0).shuffle(batches)
+    yield from batches
+
+
+def answer(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    out_path: Path,
+    batch_size: int,
+    max_new_tokens: int,
+    stop: list[int],
+    max_prompt_tokens: int = 768,
+) -> list[dict[str, Any]]:
+    """Greedy responses, appended to `out_path` batch by batch."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    encoded = [(p, chat_ids(tokenizer, p.text)) for p in prompts]
+    encoded = [(p, ids) for p, ids in encoded if len(ids) <= max_prompt_tokens]
+    records = []
+    bar = tqdm(total=len(encoded), desc="answering", unit="prompt", dynamic_ncols=True)
+    with out_path.open("a") as f:
+        for batch in by_length(encoded, batch_size):
+            t0 = time.perf_counter()
+            rows = generate_batch(model, [ids for _, ids in batch], max_new_tokens, pad, stop, do_sample=False)
+            for (p, ids), new in zip(batch, rows, strict=True):
+                rec = {"source": p.source, "prompt": p.text, "ids": ids + new, "prompt_len": len(ids)}
+                f.write(json.dumps(rec) + "\n")
+                records.append(rec)
+            f.flush()
+            made = sum(len(r) for r in rows)
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{made / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    return records
+
+
+def build_dataset(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    out_path: Path,
+    n_sampled: int = 512,
+    summary_share: float = 0.3,
+    batch_size: int = 64,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    chunk: int = 256,
+) -> Path:
+    """Round 1 (sampled + template prompts) in chunks; after each chunk, summaries of its long answers (round 2),
+    so that a run stopped at any point holds every kind of prompt.  Prompts already in `out_path` are skipped."""
+    stop = stop_ids(tokenizer)
+    rng = random.Random(seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {r["prompt"] for r in read_dataset(out_path)} if out_path.exists() else set()
+    round1 = template_prompts(rng) + sampled_user_prompts(model, tokenizer, n_sampled, batch_size, seed, stop)
+    random.Random(seed + 1).shuffle(round1)
+    for i in range(0, len(round1), chunk):
+        todo = [p for p in round1[i : i + chunk] if p.text not in done]
+        records = answer(model, tokenizer, todo, out_path, batch_size, max_new_tokens, stop)
+        long_texts = [
+            tokenizer.decode(r["ids"][r["prompt_len"] :], skip_special_tokens=True).strip()
+            for r in records
+            if len(r["ids"]) - r["prompt_len"] >= 120
+        ]
+        rng.shuffle(long_texts)
+        n = round(len(records) * summary_share)
+        summaries = [Prompt("summary", rng.choice(SUMMARY_TEMPLATES).format(a=a)) for a in long_texts[:n]]
+        answer(model, tokenizer, summaries, out_path, batch_size, max_new_tokens, stop)
+    return out_path
+
+
+def read_dataset(path: Path) -> list[dict[str, Any]]:
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from specvlm.models import LoadOptions, load_embedded
+
+    ap = argparse.ArgumentParser(
+        prog="python -m drafters.selfdistill", description="Generate self-distillation data from the embedded target."
+    )
+    ap.add_argument("--out", type=Path, default=Path("runs/distill/data.jsonl"), help="JSONL to append to")
+    ap.add_argument("--sampled", type=int, default=512, help="user prompts sampled from the target")
+    ap.add_argument("--summary-share", type=float, default=0.3, help="round-2 summary prompts per round-1 answer")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_embedded(LoadOptions(dtype="float32"))
+    build_dataset(
+        model, tokenizer, args.out, args.sampled, args.summary_share, args.batch_size, args.max_new_tokens, args.seed
+    )
+
+
+if __name__ == "__main__":
+    main()

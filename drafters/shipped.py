@@ -1,0 +1,34 @@
+"""The trained draft shipped in this repository for the embedded target (SmolLM2-135M-Instruct)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+from specvlm.errors import ModelLoadError
+
+from .feature_draft import FeatureDrafter, is_feature_draft, load_feature_draft
+
+SHIPPED = Path(__file__).parent / "weights" / "smollm2-135m-feature"
+TARGET_NAME = "SmolLM2-135M-Instruct"
+
+
+def fits(target: PreTrainedModel) -> bool:
+    """The shipped draft was trained on this target: same model family name, hidden size and vocabulary."""
+    cfg = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
+    name = str(getattr(target, "name_or_path", "") or getattr(cfg, "_name_or_path", ""))
+    return TARGET_NAME in name and cfg.hidden_size == 576 and cfg.vocab_size == 49152
+
+
+def load_shipped(target: PreTrainedModel) -> FeatureDrafter:
+    if not is_feature_draft(SHIPPED):
+        raise ModelLoadError(f"the shipped draft is missing from {SHIPPED}: reinstall specvlm from a full clone")
+    return load_feature_draft(SHIPPED, target)
+
+
+def shipped_draft_for(target: PreTrainedModel) -> FeatureDrafter | None:
+    """The shipped draft when `target` is the embedded model and the weights are present, else None."""
+    if not fits(target) or not is_feature_draft(SHIPPED):
+        return None
+    return load_feature_draft(SHIPPED, target)

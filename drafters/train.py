@@ -1,0 +1,404 @@
+"""`python -m drafters.train`: distil a feature draft (drafters/feature_draft.py) from its target.
+
+Data is the target's own greedy text (drafters/selfdistill.py; generated first when `--data` does not exist).
+Steps: target features for every sequence (one teacher-forced pass, cached) -> reduced head = the most frequent
+response tokens -> training with KL to the target's distribution (over the head) plus a feature regression,
+unrolled for `--levels` drafting steps (level j sees its own predictions from level j - 1, as when it drafts a
+chain) -> held-out top-1 agreement per level -> an HF-format folder that `specvlm.load(draft=PATH)` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import DynamicCache, PreTrainedModel
+
+from drafters.feature_draft import FeatureDraftModel, draft_config, target_head
+from drafters.selfdistill import build_dataset, read_dataset, stop_ids
+
+CLI = "python -m drafters.train"
+
+
+@dataclass
+class Example:
+    ids: torch.Tensor  # [L] token ids (prompt + response)
+    feats: torch.Tensor  # [L, H] target last hidden states (final-normed), bfloat16
+    start: int  # first position whose next token is a response token (prompt_len - 1)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    head_size: int = 8192
+    layers: int = 1
+    levels: int = 3
+    level_decay: float = 0.8
+    reg_weight: float = 1.0
+    lr: float = 1e-3
+    batch_tokens: int = 4096
+    epochs: float = 3.0
+    minutes: float = 0.0  # > 0: stop after this long (the schedule still assumes `epochs`)
+    val_share: float = 0.05
+    init: str = "last-layer"
+    eval_every: int = 200
+    seed: int = 0
+    threads: int = 0
+    target: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+
+
+# -- data ------------------------------------------------------------------------------------------------------
+def split(records: list[dict[str, Any]], val_share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Held-out split by prompt (a prompt's summary round stays with its own split only by chance: both are text
+    the target wrote, never the evaluation prompts)."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(len(records) * val_share))
+    return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+
+
+@torch.inference_mode()
+def target_features(target: PreTrainedModel, records: list[dict[str, Any]], batch_tokens: int) -> list[Example]:
+    """One teacher-forced target pass per batch (right padding): the final-normed last hidden state per token."""
+    order = sorted(range(len(records)), key=lambda i: len(records[i]["ids"]))
+    out: list[Example | None] = [None] * len(records)
+    bar = tqdm(total=sum(len(r["ids"]) for r in records), desc="target features", unit="tok", dynamic_ncols=True)
+    i = 0
+    while i < len(order):
+        width = len(records[order[i]]["ids"])
+        j = i + 1
+        while j < len(order) and (j - i + 1) * len(records[order[j]]["ids"]) <= batch_tokens:
+            j += 1
+        rows = [records[k] for k in order[i:j]]
+        width = max(len(r["ids"]) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, r in enumerate(rows):
+            ids[b, : len(r["ids"])] = torch.tensor(r["ids"])
+            mask[b, : len(r["ids"])] = 1
+        hidden = target(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+        last = hidden.hidden_states[-1]  # [B, W, H]
+        for b, (k, r) in enumerate(zip(order[i:j], rows, strict=True)):
+            n = len(r["ids"])
+            out[k] = Example(torch.tensor(r["ids"]), last[b, :n].to(torch.bfloat16).clone(), r["prompt_len"] - 1)
+        bar.update(int(mask.sum()))
+        i = j
+    bar.close()
+    return [e for e in out if e is not None]
+
+
+def save_examples(path: Path, train_ex: list[Example], val_ex: list[Example]) -> None:
+    """Tensors only, so the cache loads with weights_only=True."""
+    pack = {
+        name: {"ids": [e.ids for e in ex], "feats": [e.feats for e in ex], "start": torch.tensor([e.start for e in ex])}
+        for name, ex in (("train", train_ex), ("val", val_ex))
+    }
+    torch.save(pack, path)
+
+
+def load_examples(path: Path) -> tuple[list[Example], list[Example]]:
+    pack = torch.load(path, weights_only=True)
+    split_ex = [
+        [Example(i, f, int(s)) for i, f, s in zip(p["ids"], p["feats"], p["start"], strict=True)]
+        for p in (pack["train"], pack["val"])
+    ]
+    return split_ex[0], split_ex[1]
+
+
+def head_tokens(examples: list[Example], size: int, always: list[int]) -> torch.Tensor:
+    """The `size` most frequent response tokens (plus the stop tokens): the draft's reduced output vocabulary."""
+    counts: Counter[int] = Counter()
+    for e in examples:
+        counts.update(e.ids[e.start + 1 :].tolist())
+    chosen = list(dict.fromkeys([*always, *(t for t, _ in counts.most_common(size))]))[:size]
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def coverage(examples: list[Example], head_ids: torch.Tensor) -> float:
+    inside = set(head_ids.tolist())
+    toks = [t for e in examples for t in e.ids[e.start + 1 :].tolist()]
+    return sum(t in inside for t in toks) / max(1, len(toks))
+
+
+def batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> list[list[Example]]:
+    """Length-sorted batches of about `batch_tokens` padded tokens, in random order."""
+    ordered = sorted(examples, key=lambda e: len(e.ids))
+    out, cur = [], []
+    for e in ordered:
+        if cur and (len(cur) + 1) * len(e.ids) > batch_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        out.append(cur)
+    rng.shuffle(out)
+    return out
+
+
+def collate(rows: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids [B, W], feats [B, W, H] float32, response mask [B, W] (positions whose next token is a response token)."""
+    width = max(len(e.ids) for e in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    feats = torch.zeros(len(rows), width, rows[0].feats.shape[-1])
+    resp = torch.zeros(len(rows), width, dtype=torch.bool)
+    for b, e in enumerate(rows):
+        n = len(e.ids)
+        ids[b, :n] = e.ids
+        feats[b, :n] = e.feats.float()
+        resp[b, e.start : n - 1] = True  # the last position has no next token in the data
+    return ids, feats, resp
+
+
+# -- the unrolled objective ------------------------------------------------------------------------------------
+def level_mask(width: int, level: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask [W, (level + 1) W] for level `level` queries over keys of levels 0..level.
+
+    A level-j entry at position s drafts as the j-th node of a chain whose root sits at s - j: it sees level-0 keys
+    (real features) up to s - j and the level-i key at s - j + i for i = 1..j (its own drafted ancestors)."""
+    s = torch.arange(width)[:, None]  # [W, 1]
+    r = torch.arange(width)[None, :]  # [1, W]
+    blocks = [r <= s - level] + [r == s - level + i for i in range(1, level + 1)]
+    allowed = torch.cat(blocks, dim=1)  # [W, (level + 1) W]
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def unrolled(
+    model: FeatureDraftModel,
+    embed: torch.nn.Embedding,
+    head: torch.Tensor,
+    ids: torch.Tensor,
+    feats: torch.Tensor,
+    levels: int,
+) -> list[torch.Tensor]:
+    """Predicted features for each level: list of [B, W, H].  Level 0 gets the target's features as input."""
+    bsz, width, hidden = feats.shape
+    with torch.no_grad():
+        tok = embed(ids)  # [B, W, H]
+    positions = torch.arange(width)[None].expand(bsz, -1)
+    cache = DynamicCache(config=model.config)
+    zero = feats.new_zeros(bsz, 1, hidden)
+    inp = torch.cat([zero, feats[:, :-1]], dim=1)  # feature of the previous position
+    outs = []
+    for level in range(levels):
+        mask = level_mask(width, level, feats.dtype)[None, None].expand(bsz, 1, -1, -1)
+        out = model(features=inp, token_embeds=tok, position_ids=positions, attention_mask=mask, past_key_values=cache)
+        outs.append(out)
+        inp = torch.cat([zero, out[:, :-1]], dim=1)
+    return outs
+
+
+def level_losses(
+    outs: list[torch.Tensor], feats: torch.Tensor, resp: torch.Tensor, head: torch.Tensor, reg_weight: float
+) -> tuple[list[torch.Tensor], list[float]]:
+    """Per level: KL(p_target || q_draft) over the head + reg_weight * smooth-L1 to the target feature; and top-1
+    agreement with the target's argmax over the head."""
+    with torch.no_grad():
+        p_log = F.log_softmax(feats @ head.T, dim=-1)  # [B, W, K]
+        p_top = p_log.argmax(-1)
+    losses, agree = [], []
+    for level, out in enumerate(outs):
+        m = resp.clone()
+        m[:, :level] = False  # level j needs j predicted ancestors
+        q_log = F.log_softmax(out @ head.T, dim=-1)  # [B, W, K]
+        kl = (p_log.exp() * (p_log - q_log)).sum(-1)  # [B, W]
+        reg = F.smooth_l1_loss(out, feats, reduction="none").mean(-1)  # [B, W]
+        n = m.sum().clamp(min=1)
+        losses.append(((kl + reg_weight * reg) * m).sum() / n)
+        agree.append(float(((q_log.argmax(-1) == p_top) & m).sum() / n))
+    return losses, agree
+
+
+@torch.no_grad()
+def evaluate(
+    model: FeatureDraftModel,
+    embed: torch.nn.Embedding,
+    head: torch.Tensor,
+    full_head: torch.Tensor,
+    head_ids: torch.Tensor,
+    examples: list[Example],
+    cfg: TrainConfig,
+) -> dict[str, float]:
+    """Held-out top-1 agreement per level against the target's argmax over the FULL vocabulary."""
+    model.eval()
+    hits = [0] * cfg.levels
+    total = [0] * cfg.levels
+    for rows in batches(examples, cfg.batch_tokens, random.Random(0)):
+        ids, feats, resp = collate(rows)
+        outs = unrolled(model, embed, head, ids, feats, cfg.levels)
+        target_top = (feats @ full_head.T).argmax(-1)  # [B, W]
+        for level, out in enumerate(outs):
+            m = resp.clone()
+            m[:, :level] = False
+            draft_top = head_ids[(out @ head.T).argmax(-1)]
+            hits[level] += int(((draft_top == target_top) & m).sum())
+            total[level] += int(m.sum())
+    model.train()
+    return {f"agree_l{i}": hits[i] / max(1, total[i]) for i in range(cfg.levels)}
+
+
+# -- driver ----------------------------------------------------------------------------------------------------
+def build_model(target: PreTrainedModel, cfg: TrainConfig, head_ids: torch.Tensor) -> FeatureDraftModel:
+    model = FeatureDraftModel(draft_config(target.config, cfg.head_size, cfg.layers))
+    model.head_ids.copy_(head_ids)
+    if cfg.init == "last-layer":  # start from the target's last layer(s) and final norm
+        layers = target.model.layers
+        for i, layer in enumerate(model.decoder.layers):
+            layer.load_state_dict(layers[len(layers) - cfg.layers + i].state_dict())
+        model.decoder.norm.load_state_dict(target.model.norm.state_dict())
+    return model
+
+
+def train(
+    target: PreTrainedModel, cfg: TrainConfig, log: Any, stops: list[int], tokenizer: Any | None = None
+) -> dict[str, Any]:
+    """Train (or resume) a feature draft for `target`; `stops` always get a row in the reduced head."""
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_path = Path(cfg.data)
+    if not data_path.exists():
+        if tokenizer is None:
+            raise ValueError(f"{data_path} does not exist and no tokenizer was given to generate it")
+        print(f"{data_path} does not exist: generating self-distillation data first", file=log)
+        build_dataset(target, tokenizer, data_path)
+    records = read_dataset(data_path)
+    train_recs, val_recs = split(records, cfg.val_share, cfg.seed)
+    feats_path = data_path.with_suffix(f".feats-{len(records)}.pt")
+    if feats_path.exists():
+        train_ex, val_ex = load_examples(feats_path)
+    else:
+        train_ex = target_features(target, train_recs, 8192)
+        val_ex = target_features(target, val_recs, 8192)
+        save_examples(feats_path, train_ex, val_ex)
+    head_ids = head_tokens(train_ex, cfg.head_size, stops)
+    n_train = sum(len(e.ids) - e.start - 1 for e in train_ex)
+    stats = {
+        "records": len(records),
+        "train_response_tokens": n_train,
+        "val_response_tokens": sum(len(e.ids) - e.start - 1 for e in val_ex),
+        "head_coverage_val": coverage(val_ex, head_ids),
+    }
+    print(json.dumps(stats), file=log, flush=True)
+
+    embed, full_head = target_head(target)
+    full_head = full_head.detach()
+    head = full_head[head_ids]  # [K, H]
+    model = build_model(target, cfg, head_ids).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
+    rng = random.Random(cfg.seed)
+    per_epoch = len(batches(train_ex, cfg.batch_tokens, rng))
+    total_steps = max(1, int(per_epoch * cfg.epochs))
+    warmup = min(100, total_steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    ckpt = out_dir / "checkpoint.pt"
+    step = 0
+    if ckpt.exists():  # resume
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        print(f"resumed from {ckpt} at step {step}", file=log, flush=True)
+    history = [{"step": step, **evaluate(model, embed, head, full_head, head_ids, val_ex, cfg)}]
+    print(json.dumps(history[-1]), file=log, flush=True)
+    t0 = time.time()
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True)
+    weights = [cfg.level_decay**i for i in range(cfg.levels)]
+    while step < total_steps and not (cfg.minutes and time.time() - t0 > cfg.minutes * 60):
+        for rows in batches(train_ex, cfg.batch_tokens, rng):
+            ids, feats, resp = collate(rows)
+            outs = unrolled(model, embed, head, ids, feats, cfg.levels)
+            losses, agree = level_losses(outs, feats, resp, head, cfg.reg_weight)
+            loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", a0=f"{agree[0]:.2f}", a1=f"{agree[-1]:.2f}")
+            if step % cfg.eval_every == 0 or step >= total_steps:
+                history.append({"step": step, "loss": loss.item(), **evaluate(model, embed, head, full_head,
+                                                                               head_ids, val_ex, cfg)})  # fmt: skip
+                print(json.dumps(history[-1]), file=log, flush=True)
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, ckpt)
+            if step >= total_steps or (cfg.minutes and time.time() - t0 > cfg.minutes * 60):
+                break
+    bar.close()
+    final = evaluate(model, embed, head, full_head, head_ids, val_ex, cfg)
+    model.to(torch.bfloat16).save_pretrained(out_dir)  # bf16 on disk; loaded in the target's dtype
+    report = {
+        "command": " ".join([CLI, *sys.argv[1:]]),
+        "config": asdict(cfg),
+        "data": stats,
+        "steps": step,
+        "train_minutes": (time.time() - t0) / 60,
+        "final": final,
+        "history": history,
+    }
+    (out_dir / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    ckpt.unlink(missing_ok=True)
+    return report
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    d = TrainConfig(data="", out="")
+    ap = argparse.ArgumentParser(prog=CLI, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="runs/distill/data.jsonl", help="self-distillation JSONL (made if missing)")
+    ap.add_argument("--out", default="runs/draft", help="output folder (HF format); resumes from its checkpoint")
+    ap.add_argument("--head-size", type=int, default=d.head_size, help="reduced output vocabulary of the draft")
+    ap.add_argument("--layers", type=int, default=d.layers, help="decoder layers of the draft")
+    ap.add_argument("--levels", type=int, default=d.levels, help="unrolled drafting steps trained")
+    ap.add_argument("--level-decay", type=float, default=d.level_decay, help="loss weight ratio of level j+1 to j")
+    ap.add_argument("--reg-weight", type=float, default=d.reg_weight, help="weight of the feature regression")
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="padded tokens per batch")
+    ap.add_argument("--epochs", type=float, default=d.epochs)
+    ap.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget (0 = none)")
+    ap.add_argument("--val-share", type=float, default=d.val_share)
+    ap.add_argument("--init", choices=["last-layer", "random"], default=d.init)
+    ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = default)")
+    ap.add_argument("--target", default=None, help="target (default: the embedded SmolLM2-135M-Instruct)")
+    return TrainConfig(**vars(ap.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    from specvlm.models import LoadOptions, load_embedded, load_model
+
+    opts = LoadOptions(dtype=torch.float32)
+    if cfg.target is None:
+        target, tokenizer = load_embedded(opts)
+    else:
+        loaded = load_model(cfg.target, opts)
+        target, tokenizer = loaded.model, loaded.tokenizer
+    target.eval().requires_grad_(False)
+    report = train(target, cfg, sys.stdout, stop_ids(tokenizer), tokenizer)
+    print(json.dumps({"final": report["final"], "data": report["data"], "steps": report["steps"]}))
+
+
+if __name__ == "__main__":
+    main()

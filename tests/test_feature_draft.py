@@ -1,0 +1,112 @@
+"""The trained feature draft: training objective == inference drafting, lossless decoding, save/load, training."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import hf_greedy, random_prompts, tiny_llama
+from transformers import LlamaForCausalLM
+
+import specvlm
+from drafters.feature_draft import FeatureDrafter, FeatureDraftModel, draft_config, is_feature_draft
+from drafters.train import TrainConfig, evaluate, level_mask, load_examples, train, unrolled
+
+VOCAB = 96
+
+
+def random_draft(target: LlamaForCausalLM, seed: int, head: torch.Tensor | None = None) -> FeatureDraftModel:
+    torch.manual_seed(seed)
+    ids = head if head is not None else torch.arange(VOCAB)
+    model = FeatureDraftModel(draft_config(target.config, head_size=len(ids)))
+    model.head_ids.copy_(ids)
+    return model.eval()
+
+
+def last_hidden(target: LlamaForCausalLM, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return target(ids[None], output_hidden_states=True).hidden_states[-1][0]  # [L, H]
+
+
+def test_level_mask_rows() -> None:
+    mask = level_mask(5, 2, torch.float32) == 0  # [5, 15]
+    # level-2 query at position 4: level-0 keys 0..2, the level-1 key at 3, itself (level-2 key at 4)
+    assert mask[4].nonzero().flatten().tolist() == [0, 1, 2, 5 + 3, 10 + 4]
+    assert mask.sum(dim=1).tolist() == [1, 2, 3 + 0, 4, 5]  # every query sees at least itself
+
+
+def test_training_unroll_matches_inference_chain() -> None:
+    """Level j at position s of the unrolled objective is exactly the j-th node of a chain drafted from s - j."""
+    target = tiny_llama(seed=3, vocab=VOCAB)
+    draft = random_draft(target, seed=4)
+    drafter = FeatureDrafter(draft, target)
+    ids = torch.tensor(random_prompts(1, seed=5, vocab=VOCAB, low=14, high=15)[0])
+    feats = last_hidden(target, ids)
+    embed, head = target.get_input_embeddings(), target.get_output_embeddings().weight
+    with torch.no_grad():
+        outs = unrolled(draft, embed, head, ids[None], feats[None], levels=3)
+    for root in (2, 6, 10):
+        session = drafter.session(ids[: root + 1].tolist(), VOCAB, target_hidden=feats[:root])
+        tokens, parents = [int(ids[root]), int(ids[root + 1]), int(ids[root + 2])], [-1, 0, 1]
+        for node in (0, 1, 2):  # a builder grows one level per call
+            session.logits([node], tokens[: node + 1], parents[: node + 1])
+        for level in range(3):
+            torch.testing.assert_close(session.out[level], outs[level][0, root + level], atol=1e-5, rtol=1e-4)
+
+
+def test_teacher_forced_logits_match_session_root() -> None:
+    target = tiny_llama(seed=6, vocab=VOCAB)
+    drafter = FeatureDrafter(random_draft(target, seed=7, head=torch.arange(0, VOCAB, 2)), target)
+    ids = torch.tensor(random_prompts(1, seed=8, vocab=VOCAB, low=10, high=11)[0])
+    feats = last_hidden(target, ids)
+    full = drafter.sequence_logits(ids, feats)  # [L, V]
+    assert torch.isinf(full[:, 1::2]).all()  # tokens outside the reduced head are never proposed
+    session = drafter.session(ids[:7].tolist(), VOCAB, target_hidden=feats[:6])
+    torch.testing.assert_close(session.logits([0], [int(ids[6])], [-1])[0], full[6], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tree", ["chain", "static", "dynamic", "opt"])
+def test_feature_draft_is_lossless(tree: str) -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB)
+    decoder = specvlm.load(target, draft=FeatureDrafter(random_draft(target, seed=1), target))
+    for ids in random_prompts(4, seed=2, vocab=VOCAB):
+        out = decoder.generate(None, ids, max_new_tokens=24, tree=tree)
+        assert out.tokens == hf_greedy(target, ids, 24)
+
+
+def self_distilled(target: LlamaForCausalLM, count: int, seed: int, new: int = 40) -> list[dict]:
+    """Records like drafters.selfdistill writes: prompt + the target's greedy continuation."""
+    out = []
+    for ids in random_prompts(count, seed=seed, vocab=VOCAB, low=4, high=10):
+        out.append(
+            {"source": "test", "prompt": str(ids), "ids": ids + hf_greedy(target, ids, new), "prompt_len": len(ids)}
+        )
+    return out
+
+
+def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path) -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB).requires_grad_(False)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in self_distilled(target, 24, seed=11)))
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "draft"), head_size=64, levels=2, lr=3e-3,
+                      batch_tokens=512, epochs=40, val_share=0.2, eval_every=1000)  # fmt: skip
+    report = train(target, cfg, io.StringIO(), stops=[0])
+    assert report["final"]["agree_l0"] >= 0 and report["steps"] > 0
+    # it learnt its training text: agreement there rises well above the untrained draft's
+    ((train_ex, _),) = [load_examples(f) for f in tmp_path.glob("data.feats-*.pt")]
+    embed, head = target.get_input_embeddings(), target.get_output_embeddings().weight
+    trained = FeatureDraftModel.from_pretrained(str(tmp_path / "draft"), dtype=torch.float32)
+    untrained = random_draft(target, seed=0, head=trained.head_ids)
+    before, after = (
+        evaluate(m, embed, head[m.head_ids], head, m.head_ids, train_ex, cfg) for m in (untrained, trained)
+    )
+    assert after["agree_l0"] > before["agree_l0"] + 0.2 and after["agree_l1"] > before["agree_l1"] + 0.1
+    folder = tmp_path / "draft"
+    assert is_feature_draft(folder) and not (folder / "checkpoint.pt").exists()
+    decoder = specvlm.load(target, draft=str(folder))
+    assert isinstance(decoder.drafter, FeatureDrafter) and 0 in decoder.drafter.head_ids.tolist()
+    for ids in random_prompts(3, seed=12, vocab=VOCAB):
+        assert decoder.generate(None, ids, max_new_tokens=20, tree="dynamic").tokens == hf_greedy(target, ids, 20)
