@@ -22,6 +22,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaModel, PreTrainedModel
 
 from specvlm.cache import keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
+from specvlm.tree import append_causal_mask, append_nodes_mask
 
 from .base import Drafter, DraftSession
 
@@ -138,10 +139,7 @@ class FeatureSession(DraftSession):
 
     def _feed_pending(self) -> None:
         n, start = len(self.pending), self.base
-        dtype = self.d.dtype
-        causal = torch.full((n, start + n), torch.finfo(dtype).min, dtype=dtype)
-        causal[:, :start] = 0
-        causal[:, start:] = torch.triu(causal[:, start:], diagonal=1)
+        causal = append_causal_mask(start, n, self.d.dtype)
         out = self._forward(self.pending, self.pending_feats, list(range(start, start + n)), causal)
         self.base = start + n - 1  # the root is node 0 of this step's tree
         self.slot, self.out = {0: self.base}, {0: out[-1]}
@@ -154,20 +152,8 @@ class FeatureSession(DraftSession):
             self._feed_pending()
         new = [n for n in nodes if n not in self.slot]
         if new:
-            dtype = self.d.dtype
             past = int(self.cache.get_seq_length())
-            k = len(new)
-            allowed = torch.zeros(k, past + k, dtype=torch.bool)  # [K, past + K]
-            allowed[:, : self.base] = True
-            depth: list[int] = []
-            for row, node in enumerate(new):
-                allowed[row, past + row] = True
-                d, cur = 0, parents[node]
-                while cur >= 0:
-                    allowed[row, self.slot[cur]] = True
-                    cur, d = parents[cur], d + 1
-                depth.append(d)
-            mask = torch.zeros(k, past + k, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+            mask, depth = append_nodes_mask(new, parents, self.slot, self.base, past, self.d.dtype)
             feats = torch.stack([self.out[parents[n]] for n in new])  # [K, H]
             out = self._forward([tokens[n] for n in new], feats, [self.base + d for d in depth], mask)
             logits = self.d.full_logits(out)  # [K, V]

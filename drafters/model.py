@@ -10,6 +10,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from specvlm.cache import keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
+from specvlm.tree import append_causal_mask, append_nodes_mask
 from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
 
 from .base import Drafter, DraftSession
@@ -59,9 +60,7 @@ class ModelSession(DraftSession):
         ids = self.pending
         start = self.base
         n = len(ids)
-        causal = torch.full((n, start + n), torch.finfo(self.dtype).min, dtype=self.dtype)
-        causal[:, :start] = 0
-        causal[:, start:] = torch.triu(causal[:, start:], diagonal=1)
+        causal = append_causal_mask(start, n, self.dtype)
         logits = self._forward(ids, list(range(start, start + n)), causal[None, None].to(self.device), last_only=True)
         self.base = start + n - 1  # the root is a tree node for this step
         self.slot = {0: self.base}
@@ -74,20 +73,7 @@ class ModelSession(DraftSession):
         new = [n for n in nodes if n not in self.slot]
         if new:
             past = int(self.cache.get_seq_length())
-            k = len(new)
-            allowed = torch.zeros(k, past + k, dtype=torch.bool)  # [K, past + K]
-            allowed[:, : self.base] = True
-            depth: list[int] = []
-            for row, node in enumerate(new):
-                allowed[row, past + row] = True
-                d, cur = 0, parents[node]
-                while cur >= 0:
-                    if cur not in self.slot:
-                        raise RuntimeError(f"draft asked for node {node} before its ancestor {cur}")
-                    allowed[row, self.slot[cur]] = True
-                    cur, d = parents[cur], d + 1
-                depth.append(d)
-            mask = torch.zeros(k, past + k, dtype=self.dtype).masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            mask, depth = append_nodes_mask(new, parents, self.slot, self.base, past, self.dtype)
             logits = self._forward(
                 [tokens[n] for n in new], [self.base + d for d in depth], mask[None, None].to(self.device)
             )

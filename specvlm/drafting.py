@@ -49,6 +49,7 @@ class Drafter(ABC):
         """Start drafting after `prompt_ids` (whose last token is the first root).  `inputs` may hold pixel_values."""
 
     def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:
-        """Teacher-forced draft logits for the next token after every position of `ids` [L] -> [L, V_target].
+        """Teacher-forced draft logits for the next token after every position of `ids` [L] -> [L, V_draft]
+        (the draft's own vocabulary width; `specvlm.potential.fit_vocab` pads or trims it to the target's).
         `target_hidden` [L, H] holds the target's last hidden states when `needs_target_hidden`, else None."""
         raise NotImplementedError(f"{type(self).__name__} does not score whole sequences")

@@ -85,3 +85,33 @@ def tree_attention_mask(parents: torch.Tensor, past: int, dtype: torch.dtype) ->
 def tree_position_ids(depth: torch.Tensor, past: int) -> torch.Tensor:
     """Position of each node: the root continues the cached sequence.  depth: [N] -> [1, N]."""
     return (depth + past)[None]
+
+
+def append_causal_mask(past: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask [n, past + n]: n new tokens see the whole cache and each other causally."""
+    mask = torch.full((n, past + n), torch.finfo(dtype).min, dtype=dtype)
+    mask[:, :past] = 0
+    mask[:, past:] = torch.triu(mask[:, past:], diagonal=1)
+    return mask
+
+
+def append_nodes_mask(
+    new: list[int], parents: list[int], slot: dict[int, int], committed: int, past: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[int]]:
+    """Feeding tree nodes `new` to a draft cache of `past` entries: the first `committed` are the committed
+    sequence, `slot` maps already-fed nodes to their entries.  Returns the additive mask [K, past + K] (committed
+    prefix + ancestors + itself) and each new node's depth below the root."""
+    k = len(new)
+    allowed = torch.zeros(k, past + k, dtype=torch.bool)  # [K, past + K]
+    allowed[:, :committed] = True
+    depth: list[int] = []
+    for row, node in enumerate(new):
+        allowed[row, past + row] = True
+        d, cur = 0, parents[node]
+        while cur >= 0:
+            if cur not in slot:
+                raise RuntimeError(f"draft asked for node {node} before its ancestor {cur}")
+            allowed[row, slot[cur]] = True
+            cur, d = parents[cur], d + 1
+        depth.append(d)
+    return torch.zeros(k, past + k, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min), depth
