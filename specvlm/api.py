@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from .errors import ConfigError, ImageError, PromptError
 from .models import LoadOptions, ModelSpec, TargetModel, load_embedded, load_model, resolve_device, resolve_dtype
 from .sampling import Sampling
 from .stats import GenerationStats
+from .stopping import StopStrings
 from .trees import make_tree
 from .vlm import handles_images, prepare
 
@@ -118,10 +119,33 @@ class Decoder:
         return Request(tuple(ids), max_new_tokens, sampling, images.model_inputs(), {"images": images})
 
     # -- generation -----------------------------------------------------------------------------------------
-    def _steps(self, request: Request, tree: TreeBuilder | str | None, stats: GenerationStats) -> Iterator[list[int]]:
+    def stop_strings(self, stop: str | Sequence[str] | None) -> StopStrings | None:
+        """Validated stop strings (None when there are none); they need a tokenizer to see the text."""
+        rule = StopStrings.parse(stop)
+        if rule is not None and self.tokenizer is None:
+            raise ConfigError("stop strings need the target's tokenizer: load the target with one, or drop stop")
+        return rule
+
+    def _steps(
+        self, request: Request, tree: TreeBuilder | str | None, stats: GenerationStats, stop: StopStrings | None
+    ) -> Iterator[list[int]]:
+        """The new tokens of each target call; the last chunk ends at EOS, the budget or the first stop string."""
         builder = make_tree(tree, self.default_tree)
+        tokens: list[int] = []
         for step in decode(self.target, self.drafter, builder, request, stats):
+            if stop is not None:
+                keep = stop.tokens_to_keep(tokens + step.tokens, len(tokens), self.decode_text)
+                if keep is not None:  # a stop string ended inside this step: drop the tokens after it
+                    chunk = step.tokens[: keep - len(tokens)]
+                    stats.steps[-1] = replace(stats.steps[-1], accepted=len(chunk))
+                    yield chunk
+                    return
+                tokens.extend(step.tokens)
             yield step.tokens
+
+    def _text(self, tokens: list[int], stop: StopStrings | None) -> str:
+        text = self.decode_text(tokens)
+        return stop.cut(text) if stop is not None else text
 
     def generate(
         self,
@@ -133,15 +157,21 @@ class Decoder:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
     ) -> Generation:
-        """Generate up to `max_new_tokens` tokens; greedy output equals the target's own greedy output."""
+        """Generate up to `max_new_tokens` tokens; greedy output equals the target's own greedy output.
+
+        `stop`: one string or several; the output ends right after the first of them to appear in the new text
+        (the tokens are the shortest prefix whose text holds it, the text is cut right after it).
+        """
+        rule = self.stop_strings(stop)
         request = self.request(
             image, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
         )
         stats = GenerationStats()
-        tokens = [t for chunk in self._steps(request, tree, stats) for t in chunk]
+        tokens = [t for chunk in self._steps(request, tree, stats, rule) for t in chunk]
         return Generation(
-            text=self.decode_text(tokens), tokens=tokens, prompt_ids=list(request.prompt_ids), stats=stats
+            text=self._text(tokens, rule), tokens=tokens, prompt_ids=list(request.prompt_ids), stats=stats
         )
 
     def stream(
@@ -154,23 +184,25 @@ class Decoder:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
         stats: GenerationStats | None = None,
     ) -> Iterator[str]:
-        """Yield text pieces as tokens are accepted (whole characters only)."""
+        """Yield text pieces as tokens are accepted (whole characters only); they join to `generate(...).text`."""
+        rule = self.stop_strings(stop)
         request = self.request(
             image, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
         )
         tokens: list[int] = []
         shown = ""
-        for chunk in self._steps(request, tree, stats if stats is not None else GenerationStats()):
+        for chunk in self._steps(request, tree, stats if stats is not None else GenerationStats(), rule):
             tokens.extend(chunk)
-            text = self.decode_text(tokens)
+            text = self._text(tokens, rule)
             if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
                 continue
             if text.startswith(shown) and len(text) > len(shown):
                 yield text[len(shown) :]
                 shown = text
-        text = self.decode_text(tokens)
+        text = self._text(tokens, rule)
         if len(text) > len(shown) and text.startswith(shown):
             yield text[len(shown) :]
 

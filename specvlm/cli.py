@@ -21,6 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", "--T", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", "--P", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="end the output right after TEXT appears (repeatable; a newline in bash: --stop $'\\n')",
+    )
     parser.add_argument("--dtype", default=None, help="float32 (CPU default), float16 or bfloat16")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--stats", action="store_true", help="print tokens per target call and timings at the end")
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             temperature=args.temperature,
             top_p=args.top_p,
             seed=args.seed,
+            stop=args.stop,
             stats=stats,
         ):
             print(piece, end="", flush=True)

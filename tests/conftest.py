@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -54,6 +55,18 @@ def random_prompts(count: int, seed: int, vocab: int = VOCAB, low: int = 2, high
     return out
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+#: what each token of the tiny models decodes to: 26 letters, then pairs of different letters
+PIECES = [*LETTERS, *(a + b for a in LETTERS for b in LETTERS if a != b)][:VOCAB]
+
+
+class PieceTokenizer:
+    """A stand-in tokenizer for the tiny models: token i decodes to PIECES[i], one or two letters."""
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return "".join(PIECES[i] for i in ids)
+
+
 def hf_greedy(model: torch.nn.Module, ids: list[int], max_new_tokens: int) -> list[int]:
     input_ids = torch.tensor([ids])
     out = model.generate(
@@ -64,6 +77,15 @@ def hf_greedy(model: torch.nn.Module, ids: list[int], max_new_tokens: int) -> li
         pad_token_id=0,
     )
     return out[0, len(ids) :].tolist()
+
+
+def step_ends(gen: specvlm.Generation) -> set[int]:
+    """Token counts at which a target call ended: token i was the last of its step when i + 1 is in the set."""
+    ends, total = set(), 0
+    for step in gen.stats.steps:
+        total += step.accepted
+        ends.add(total)
+    return ends
 
 
 @pytest.fixture(scope="session")

@@ -57,33 +57,23 @@ def test_tiny_llama_equals_hf_greedy(
         assert calls == len(PROMPTS) * NEW_TOKENS
 
 
-def test_eos_and_budget_inside_an_accepted_path(tiny_target: torch.nn.Module) -> None:
-    """EOS or max_new_tokens falling inside an accepted path stop exactly there."""
-    ids = PROMPTS[0]
-    ref = hf_greedy(tiny_target, ids, 30)
-    dec = drafter_for("copy", tiny_target)
-    for budget in (1, 2, 3, 7, 13):
-        got = dec.generate(prompt=ids, max_new_tokens=budget, tree=ChainTree(depth=6))
-        assert got.tokens == ref[:budget]
-    eos = ref[9]
-    first = ref.index(eos)
-    model = tiny_llama(seed=0)
-    model.generation_config.eos_token_id = eos
-    dec = specvlm.load(model, ModelDrafter(tiny_llama(seed=0)))
-    got = dec.generate(prompt=ids, max_new_tokens=30, tree=ChainTree(depth=6))
-    assert got.tokens == ref[: first + 1]
-    assert got.stats.target_calls < first + 1  # the EOS came inside an accepted path, not by itself
-
-
-def test_context_window_clips_the_tree() -> None:
-    """A tree deeper than the remaining context is shrunk, and generation stops at the window."""
+@pytest.mark.parametrize(
+    "tree",
+    [ChainTree(depth=10), BranchingTree([4, 3, 2, 2, 2, 1, 1]), DynamicTree(40, 4, 10), OptTree(30, 0.0, 10)],
+    ids=lambda t: t.name,
+)
+@pytest.mark.parametrize("room", [1, 2, 5])
+def test_context_window_clips_the_tree(tree: TreeBuilder, room: int) -> None:
+    """A tree deeper and wider than the remaining context is shrunk, and generation stops at the window."""
     model = tiny_llama(seed=0, max_positions=40)
-    ids = PROMPTS[1][:30]
+    ids = (PROMPTS[1] * 6)[: 40 - room]
     dec = specvlm.load(model, ModelDrafter(tiny_llama(seed=0, max_positions=40)))
-    got = dec.generate(prompt=ids, max_new_tokens=10, tree=OptTree(nodes=30, threshold=0.0, max_depth=10))
-    ref = hf_greedy(model, ids, 10)
-    assert got.tokens == ref
-    assert len(ids) + len(got.tokens) <= 40
+    got = dec.generate(prompt=ids, max_new_tokens=10, tree=tree)
+    assert got.tokens == hf_greedy(model, ids, room)
+    length = len(ids)
+    for step in got.stats.steps:  # never more nodes than positions left, the root's included
+        assert step.tree_size <= 40 - length + 1
+        length += step.accepted
 
 
 def test_stream_yields_the_same_tokens(embedded: specvlm.Decoder) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +38,9 @@ def tiny_decoder() -> specvlm.Decoder:
         ({"prompt": [1, 2], "tree": "bushy"}, specvlm.ConfigError, "unknown tree"),
         ({"prompt": "hello"}, specvlm.PromptError, "token ids"),  # no tokenizer: ids only
         ({"prompt": [1, 2], "image": "cat.jpg"}, specvlm.ImageError, "text-only"),
+        ({"prompt": [1, 2], "stop": ""}, specvlm.ConfigError, "must not be empty"),
+        ({"prompt": [1, 2], "stop": ["ok", 3]}, specvlm.ConfigError, "list of strings"),
+        ({"prompt": [1, 2], "stop": "x"}, specvlm.ConfigError, "tokenizer"),  # no tokenizer: no text to search
     ],
 )
 def test_bad_input_raises_and_decoder_survives(
@@ -75,6 +80,17 @@ def test_bad_model_specs() -> None:
         specvlm.load(tiny_llama(seed=0), "ngram:x")
     with pytest.raises(specvlm.ConfigError, match="dtype"):
         specvlm.load("/no/such", dtype="int8")
+
+
+def test_custom_model_code_never_runs_without_trust_remote_code(tmp_path: Path) -> None:
+    """A folder whose config asks for its own Python code: refused, and the code is not imported."""
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "custom", "auto_map": {"AutoConfig": "custom.Config"}})
+    )
+    (tmp_path / "custom.py").write_text(f"import pathlib\npathlib.Path({str(tmp_path / 'RAN')!r}).touch()\n")
+    with pytest.raises(specvlm.ModelLoadError, match="custom code"):
+        specvlm.load(str(tmp_path))
+    assert not (tmp_path / "RAN").exists()
 
 
 def test_vocabulary_mismatch_is_refused(embedded: specvlm.Decoder) -> None:

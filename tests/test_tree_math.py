@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
 
@@ -71,36 +71,74 @@ def _prefill(model: torch.nn.Module, prefix: list[int]) -> DynamicCache:
     return cache
 
 
-@pytest.mark.parametrize("parents", [[-1, 0, 0, 1, 1, 2, 3, 3, 6], [-1, 0, 1, 2, 3], [-1, 0, 0, 0, 0]])
-def test_tree_forward_equals_each_path_decoded(tiny_target: torch.nn.Module, parents: list[int]) -> None:
-    torch.manual_seed(1)
-    prefix = torch.randint(0, 96, (7,)).tolist()
-    tokens = torch.randint(0, 96, (len(parents),))
-    tree = TokenTree(tokens=tokens, parents=torch.tensor(parents))
-    target = TargetModel(tiny_target)
+@st.composite
+def tokens_for(draw: st.DrawFn, parents: list[int]) -> list[int]:
+    return draw(st.lists(st.integers(0, 95), min_size=len(parents), max_size=len(parents)))
+
+
+@st.composite
+def prefix_and_tree(draw: st.DrawFn, max_nodes: int = 12) -> tuple[list[int], TokenTree]:
+    """Prompt ids already in the cache, then a random tree of random tokens to score after them."""
+    prefix = draw(st.lists(st.integers(0, 95), min_size=1, max_size=10))
+    parents = draw(random_parents(max_nodes))
+    tokens = draw(tokens_for(parents))
+    return prefix, TokenTree(tokens=torch.tensor(tokens), parents=torch.tensor(parents))
+
+
+def fixed(prefix: list[int], parents: list[int]) -> tuple[list[int], TokenTree]:
+    return prefix, TokenTree(tokens=torch.arange(len(parents)) * 7 % 96, parents=torch.tensor(parents))
+
+
+@settings(max_examples=100, deadline=None)
+@given(prefix_and_tree())
+@example(fixed([5, 9, 2, 77, 3, 1, 60], [-1, 0, 0, 1, 1, 2, 3, 3, 6]))
+@example(fixed([4], [-1, 0, 1, 2, 3]))
+@example(fixed([8, 8], [-1, 0, 0, 0, 0]))
+@example(fixed([8, 1, 2], [-1, 0]))  # padded to 4 nodes on CPU float32
+def test_tree_forward_equals_each_path_decoded(tiny_target: torch.nn.Module, case: tuple[list[int], TokenTree]) -> None:
+    prefix, tree = case
     cache = _prefill(tiny_target, prefix)
-    logits = target.score(tree, cache)  # [N, V]
+    logits = TargetModel(tiny_target).score(tree, cache)  # [N, V]
     assert cache.get_seq_length() >= len(prefix) + tree.size
     for node in range(tree.size):
-        path_tokens = tokens[tree.path_to(node)].tolist()
+        path_tokens = tree.tokens[tree.path_to(node)].tolist()
         with torch.inference_mode():
             ref = tiny_target(input_ids=torch.tensor([prefix + path_tokens])).logits[0, -1]
         torch.testing.assert_close(logits[node], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_keep_positions_equals_recomputation(tiny_target: torch.nn.Module) -> None:
-    """After scoring a tree and keeping one path, the cache equals the cache of prefix + path computed directly."""
-    torch.manual_seed(2)
-    prefix = torch.randint(0, 96, (6,)).tolist()
-    parents = [-1, 0, 0, 1, 2, 2, 5]
-    tokens = torch.randint(0, 96, (len(parents),))
-    tree = TokenTree(tokens=tokens, parents=torch.tensor(parents))
+@st.composite
+def steps_of_trees(draw: st.DrawFn) -> tuple[list[int], list[tuple[TokenTree, int]]]:
+    """A prefix, then 1-4 steps: a random tree and the node whose root path the step keeps."""
+    prefix = draw(st.lists(st.integers(0, 95), min_size=1, max_size=8))
+    steps = []
+    for _ in range(draw(st.integers(1, 4))):
+        parents = draw(random_parents(10))
+        tree = TokenTree(tokens=torch.tensor(draw(tokens_for(parents))), parents=torch.tensor(parents))
+        steps.append((tree, draw(st.integers(0, tree.size - 1))))
+    return prefix, steps
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps_of_trees())
+@example(([3, 1, 4, 1, 5, 9], [(fixed([], [-1, 0, 0, 1, 2, 2, 5])[1], 6)]))  # keeps 0 -> 2 -> 5 -> 6
+def test_keep_positions_equals_recomputation(
+    tiny_target: torch.nn.Module, case: tuple[list[int], list[tuple[TokenTree, int]]]
+) -> None:
+    """Scoring trees and keeping one root path each, step after step, leaves the cache that prefilling the kept
+    sequence directly gives (gathered paths, dropped siblings and padding)."""
+    prefix, steps = case
+    target = TargetModel(tiny_target)
     cache = _prefill(tiny_target, prefix)
-    TargetModel(tiny_target).score(tree, cache)
-    path = tree.path_to(6)  # 0 -> 2 -> 5 -> 6
-    keep_positions(cache, len(prefix), [len(prefix) + n for n in path])
-    ref = _prefill(tiny_target, prefix + tokens[path].tolist())
-    assert cache.get_seq_length() == ref.get_seq_length() == len(prefix) + len(path)
+    kept = list(prefix)
+    for tree, node in steps:
+        past = len(kept)
+        target.score(tree, cache)
+        path = tree.path_to(node)
+        keep_positions(cache, past, [past + n for n in path])
+        kept += tree.tokens[path].tolist()
+    ref = _prefill(tiny_target, kept)
+    assert cache.get_seq_length() == ref.get_seq_length() == len(kept)
     for got, want in zip(cache.layers, ref.layers, strict=True):
         torch.testing.assert_close(got.keys, want.keys, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got.values, want.values, atol=1e-5, rtol=1e-5)

@@ -55,6 +55,47 @@ def test_greedy_matches_brute_force(case: tuple[TokenTree, torch.Tensor]) -> Non
     assert got.tokens == [tokens[n] for n in got.path[1:]] + [best[deepest]]
 
 
+@st.composite
+def any_tree_and_logits(draw: st.DrawFn) -> tuple[TokenTree, torch.Tensor]:
+    """Any tree, siblings with equal tokens included (as merged draft sources could propose), and logits [N, V]."""
+    vocab = draw(st.integers(2, 5))
+    n = draw(st.integers(1, 16))
+    parents = [-1] + [draw(st.integers(0, i - 1)) for i in range(1, n)]
+    tokens = draw(st.lists(st.integers(0, vocab - 1), min_size=n, max_size=n))
+    logits = torch.tensor(draw(st.lists(st.floats(-4, 4), min_size=n * vocab, max_size=n * vocab)))
+    return TokenTree(tokens=torch.tensor(tokens), parents=torch.tensor(parents)), logits.view(n, vocab)
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_tree_and_logits())
+def test_greedy_on_any_tree_emits_the_target_argmax_chain(case: tuple[TokenTree, torch.Tensor]) -> None:
+    """Lossless on every tree: each emitted token is the target's argmax after the previous one, and the walk
+    stops only where no child holds that argmax."""
+    tree, logits = case
+    best = logits.argmax(-1).tolist()
+    tokens, kids = tree.tokens.tolist(), tree.children()
+    got = verify_greedy(tree, logits)
+    assert got.path[0] == 0 and all(tree.parents[b] == a for a, b in itertools.pairwise(got.path))
+    assert got.tokens == [best[n] for n in got.path]
+    assert all(tokens[c] != best[got.path[-1]] for c in kids[got.path[-1]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_tree_and_logits(), st.floats(0.3, 2.0), st.floats(0.5, 1.0), st.integers(0, 2**31 - 1))
+def test_sampled_verification_walks_a_root_path_inside_the_nucleus(
+    case: tuple[TokenTree, torch.Tensor], temperature: float, top_p: float, seed: int
+) -> None:
+    """Deterministic children on any tree: the accepted tokens are a root path's, and every emitted token,
+    drafted or bonus, has positive warped target probability where it was emitted."""
+    tree, logits = case
+    sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed)
+    got = verify_sampling(tree, logits, sampling, make_generator(seed))
+    assert got.path[0] == 0 and all(tree.parents[b] == a for a, b in itertools.pairwise(got.path))
+    assert got.tokens[:-1] == tree.tokens[got.path[1:]].tolist()
+    p = warp(logits, sampling)  # [N, V]
+    assert all(p[node, tok] > 0 for node, tok in zip(got.path, got.tokens, strict=True))
+
+
 def exact_output(p: torch.Tensor, q: torch.Tensor | None, children: list[int] | None, k: int) -> torch.Tensor:
     """Distribution of the token emitted at one node, enumerating every draw of k children (or fixed children)."""
     out = torch.zeros_like(p, dtype=torch.float64)
