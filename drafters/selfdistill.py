@@ -191,6 +191,7 @@ def build_dataset(
     max_new_tokens: int = 256,
     seed: int = 0,
     chunk: int = 256,
+    templates: bool = True,
 ) -> Path:
     """Round 1 (sampled + template prompts) in chunks; after each chunk, summaries of its long answers (round 2),
     so that a run stopped at any point holds every kind of prompt.  Prompts already in `out_path` are skipped."""
@@ -198,7 +199,9 @@ def build_dataset(
     rng = random.Random(seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = {r["prompt"] for r in read_dataset(out_path)} if out_path.exists() else set()
-    round1 = template_prompts(rng) + sampled_user_prompts(model, tokenizer, n_sampled, batch_size, seed, stop)
+    round1 = (template_prompts(rng) if templates else []) + sampled_user_prompts(
+        model, tokenizer, n_sampled, batch_size, seed, stop
+    )
     random.Random(seed + 1).shuffle(round1)
     for i in range(0, len(round1), chunk):
         todo = [p for p in round1[i : i + chunk] if p.text not in done]
@@ -235,12 +238,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-templates", action="store_true", help="sampled prompts only (e.g. a second worker)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_embedded(LoadOptions(dtype="float32"))
     build_dataset(
-        model, tokenizer, args.out, args.sampled, args.summary_share, args.batch_size, args.max_new_tokens, args.seed
+        model,
+        tokenizer,
+        args.out,
+        args.sampled,
+        args.summary_share,
+        args.batch_size,
+        args.max_new_tokens,
+        args.seed,
+        templates=not args.no_templates,
     )
 
 

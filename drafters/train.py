@@ -40,7 +40,7 @@ class Example:
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: list[str]  # self-distillation JSONL files
     out: str
     head_size: int = 8192
     layers: int = 1
@@ -267,15 +267,15 @@ def train(
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_path = Path(cfg.data)
-    if not data_path.exists():
+    paths = [Path(p) for p in cfg.data]
+    if not paths[0].exists():
         if tokenizer is None:
-            raise ValueError(f"{data_path} does not exist and no tokenizer was given to generate it")
-        print(f"{data_path} does not exist: generating self-distillation data first", file=log)
-        build_dataset(target, tokenizer, data_path)
-    records = read_dataset(data_path)
+            raise ValueError(f"{paths[0]} does not exist and no tokenizer was given to generate it")
+        print(f"{paths[0]} does not exist: generating self-distillation data first", file=log)
+        build_dataset(target, tokenizer, paths[0])
+    records = [r for p in paths for r in read_dataset(p)]
     train_recs, val_recs = split(records, cfg.val_share, cfg.seed)
-    feats_path = data_path.with_suffix(f".feats-{len(records)}.pt")
+    feats_path = paths[0].parent / f"features-{len(records)}.pt"  # the target pass, cached for later runs
     if feats_path.exists():
         train_ex, val_ex = load_examples(feats_path)
     else:
@@ -361,9 +361,14 @@ def train(
 
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
-    d = TrainConfig(data="", out="")
+    d = TrainConfig(data=[], out="")
     ap = argparse.ArgumentParser(prog=CLI, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="runs/distill/data.jsonl", help="self-distillation JSONL (made if missing)")
+    ap.add_argument(
+        "--data",
+        nargs="+",
+        default=["runs/distill/data.jsonl"],
+        help="self-distillation JSONL file(s) (the first is made with drafters.selfdistill if missing)",
+    )
     ap.add_argument("--out", default="runs/draft", help="output folder (HF format); resumes from its checkpoint")
     ap.add_argument("--head-size", type=int, default=d.head_size, help="reduced output vocabulary of the draft")
     ap.add_argument("--layers", type=int, default=d.layers, help="decoder layers of the draft")

@@ -8,6 +8,7 @@ draft (`assistant_model=`, when the draft is a model), and specvlm with each tre
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,12 +28,14 @@ from eval.common import (
     result_paths,
     run_cli,
     save_figure,
+    select_range,
     write_json,
     write_jsonl,
 )
 
 CLI = "bench"
-HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted")
+HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted", "hf_early_exit")
+HELDOUT = Path(__file__).parent / "data" / "heldout_prompts.jsonl"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog="example: python -m eval.bench --limit 8 --max-new-tokens 128 --trees ar,chain,static,dynamic,opt",
     )
-    parser.add_argument("--dataset", default="bundled", help="'bundled' news sample (default) or a hub dataset id")
+    parser.add_argument(
+        "--dataset",
+        default="bundled",
+        help="'bundled' news sample (default), 'mixed' (news articles interleaved with the bundled held-out "
+        "questions and instructions, eval/data/heldout_prompts.jsonl), or a hub dataset id",
+    )
     parser.add_argument("--dataset-config", default=None)
     parser.add_argument("--split", default="test")
     parser.add_argument("--data-files", nargs="+", metavar="FILE", help="local parquet/json/jsonl files")
@@ -57,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hf", default=",".join(HF_METHODS), help=f"comma-separated HF baselines from {', '.join(HF_METHODS)}"
     )
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens")
+    parser.add_argument("--early-exit", type=int, default=4, help="HF assistant_early_exit layer (hf_early_exit)")
     parser.add_argument("--T", "--temperature", dest="temperature", type=float, default=0.0)
     parser.add_argument("--P", "--top-p", dest="top_p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -81,6 +90,8 @@ def _hf_run(dec: Any, method: str, ids: list[int], args: argparse.Namespace) -> 
         if draft_model is None:
             return None  # assisted generation needs a draft model
         kwargs["assistant_model"] = draft_model
+    elif method == "hf_early_exit":  # HF's layer-skip self-draft (LayerSkip), on the target's own first layers
+        kwargs["assistant_early_exit"] = args.early_exit
     input_ids = torch.tensor([ids], device=dec.target.device)
     eos = sorted(dec.target.eos)
     start = time.perf_counter()
@@ -95,6 +106,24 @@ def _hf_run(dec: Any, method: str, ids: list[int], args: argparse.Namespace) -> 
     return out[0, len(ids) :].tolist(), time.perf_counter() - start
 
 
+def load_prompts(args: argparse.Namespace, dec: Any) -> list[tuple[str, list[int]]]:
+    """(id, prompt ids) for the selected samples; 'mixed' alternates articles with held-out questions/instructions."""
+    if args.dataset != "mixed":
+        articles = load_articles(args)
+        return [(a.id, dec.prompt_ids(prompt_text(dec, a.text, args.max_article_tokens)[0])) for a in articles]
+    news = load_articles(argparse.Namespace(**{**vars(args), "dataset": "bundled", "start": 0, "end": None,
+                                               "limit": None}))  # fmt: skip
+    with HELDOUT.open(encoding="utf-8") as fh:
+        asks = [json.loads(line) for line in fh if line.strip()]
+    mixed: list[tuple[str, list[int]]] = []
+    for i in range(max(len(news), len(asks))):
+        if i < len(news):
+            mixed.append((news[i].id, dec.prompt_ids(prompt_text(dec, news[i].text, args.max_article_tokens)[0])))
+        if i < len(asks):
+            mixed.append((asks[i]["id"], dec.prompt_ids(asks[i]["prompt"])))
+    return select_range(mixed, args.start, args.end, args.limit)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_sampling(args)
@@ -105,9 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise ValueError(f"unknown method(s) {bad}: trees are {TREE_CHOICES}, HF baselines {HF_METHODS}")
     out, jsonl = result_paths(args, CLI)
-    articles = load_articles(args)
     dec = load_decoder(args)
-    prompts = [(a.id, dec.prompt_ids(prompt_text(dec, a.text, args.max_article_tokens)[0])) for a in articles]
+    prompts = load_prompts(args, dec)
     write_jsonl(jsonl, [])
     methods = [*hf, *(f"specvlm-{t}" for t in trees)]
     totals: dict[str, dict[str, float]] = {

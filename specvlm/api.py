@@ -218,6 +218,7 @@ def make_drafter(
     """A drafter from a spec: None -> the default (n-grams), "ngram[:N]", "layerskip:K" (the target's first K layers,
     its weights shared), "embedded" (SmolLM2-135M as a draft), a model id / path / GGUF / model (a llava draft comes
     with its processor)."""
+    from drafters.feature_draft import is_feature_draft, load_feature_draft
     from drafters.model import ModelDrafter  # drafters depend on specvlm: import them lazily
     from drafters.ngram import NGramDrafter
 
@@ -227,8 +228,14 @@ def make_drafter(
         from drafters.followers import FollowerDrafter
 
         return FollowerDrafter(make_drafter(draft.removesuffix("+followers") or None, target, opts, draft_tokenizer))
-    if draft is None:  # the weight-free default until a trained draft ships for the target
-        return NGramDrafter(max_n=3)
+    if draft is None:  # the shipped trained draft for the embedded target, else prompt n-grams (no weights)
+        from drafters.shipped import shipped_draft_for
+
+        return shipped_draft_for(target.model) or NGramDrafter(max_n=3)
+    if isinstance(draft, str) and draft == "trained":
+        from drafters.shipped import load_shipped
+
+        return load_shipped(target.model)
     if isinstance(draft, str) and re.fullmatch(r"(ngram|prompt-lookup)(:.*)?", draft):
         _, _, n = draft.partition(":")
         if n and not (n.isdigit() and 1 <= int(n) <= 16):
@@ -239,6 +246,8 @@ def make_drafter(
     if isinstance(draft, str) and draft == "embedded":
         model, tok = load_embedded(opts)
         drafter = ModelDrafter(model, name="embedded")
+    elif isinstance(draft, (str, os.PathLike)) and is_feature_draft(draft):
+        return load_feature_draft(draft, target.model)
     else:
         loaded = load_model(draft, opts)
         model, tok = loaded.model, loaded.tokenizer

@@ -65,8 +65,7 @@ class LoadOptions:
         out: dict[str, Any] = {"dtype": self.dtype}
         if self.device_map is not None:
             out["device_map"] = self.device_map
-        if self.trust_remote_code:
-            out["trust_remote_code"] = True
+        out["trust_remote_code"] = self.trust_remote_code  # explicit: never an interactive "run this code?" prompt
         return out
 
 
@@ -135,7 +134,7 @@ def load_model(spec: ModelSpec, opts: LoadOptions) -> LoadedModel:
     if not isinstance(spec, (str, os.PathLike)):
         raise ModelLoadError(f"cannot load a model from {type(spec).__name__}: pass a hub id, a path or a model")
     path = Path(spec)
-    extra = {"trust_remote_code": True} if opts.trust_remote_code else {}
+    extra = {"trust_remote_code": opts.trust_remote_code}
     try:
         if path.suffix == ".gguf":
             if not path.is_file():

@@ -91,12 +91,12 @@ def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path) -> 
     target = tiny_llama(seed=0, vocab=VOCAB).requires_grad_(False)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in self_distilled(target, 24, seed=11)))
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "draft"), head_size=64, levels=2, lr=3e-3,
+    cfg = TrainConfig(data=[str(data)], out=str(tmp_path / "draft"), head_size=64, levels=2, lr=3e-3,
                       batch_tokens=512, epochs=40, val_share=0.2, eval_every=1000)  # fmt: skip
     report = train(target, cfg, io.StringIO(), stops=[0])
     assert report["final"]["agree_l0"] >= 0 and report["steps"] > 0
     # it learnt its training text: agreement there rises well above the untrained draft's
-    ((train_ex, _),) = [load_examples(f) for f in tmp_path.glob("data.feats-*.pt")]
+    ((train_ex, _),) = [load_examples(f) for f in tmp_path.glob("features-*.pt")]
     embed, head = target.get_input_embeddings(), target.get_output_embeddings().weight
     trained = FeatureDraftModel.from_pretrained(str(tmp_path / "draft"), dtype=torch.float32)
     untrained = random_draft(target, seed=0, head=trained.head_ids)
