@@ -50,6 +50,9 @@ class FollowerSession(DraftSession):
         for node, top in enumerate(target_top):
             self.table[(self._prev(node, tokens, parents), tokens[node])] = top
 
+    def observe_hidden(self, hidden: torch.Tensor) -> None:
+        self.base.observe_hidden(hidden)
+
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         self.base.commit(path, new_tokens)
         self.before_root = new_tokens[-2] if len(new_tokens) > 1 else self.root
@@ -65,6 +68,7 @@ class FollowerDrafter(Drafter):
         self.base = base
         self.weight = weight
         self.name = f"{base.name}+followers"
+        self.needs_target_hidden = base.needs_target_hidden
 
     def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
         return FollowerSession(self.base.session(prompt_ids, vocab_size, **inputs), list(prompt_ids), self.weight)

@@ -228,6 +228,10 @@ def make_drafter(
         from drafters.followers import FollowerDrafter
 
         return FollowerDrafter(make_drafter(draft.removesuffix("+followers") or None, target, opts, draft_tokenizer))
+    if isinstance(draft, str) and "+" in draft and not os.path.exists(draft):  # e.g. "trained+ngram": one mixture
+        from drafters.mixture import MixtureDrafter
+
+        return MixtureDrafter([make_drafter(part, target, opts, draft_tokenizer) for part in draft.split("+")])
     if draft is None:  # the shipped trained draft for the embedded target, else prompt n-grams (no weights)
         from drafters.shipped import shipped_draft_for
 

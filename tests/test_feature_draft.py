@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from transformers import LlamaForCausalLM
 
 import specvlm
 from drafters.feature_draft import FeatureDrafter, FeatureDraftModel, draft_config, is_feature_draft
+from drafters.mixture import MixtureDrafter, mix_logits
+from drafters.ngram import NGramDrafter
 from drafters.train import TrainConfig, evaluate, level_mask, load_examples, train, unrolled
 
 VOCAB = 96
@@ -110,3 +113,21 @@ def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path) -> 
     assert isinstance(decoder.drafter, FeatureDrafter) and 0 in decoder.drafter.head_ids.tolist()
     for ids in random_prompts(3, seed=12, vocab=VOCAB):
         assert decoder.generate(None, ids, max_new_tokens=20, tree="dynamic").tokens == hf_greedy(target, ids, 20)
+
+
+def test_mixture_is_the_weighted_distribution_of_the_sources_that_propose() -> None:
+    a = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
+    b = torch.tensor([[5.0, -math.inf, -math.inf], [-math.inf, -math.inf, -math.inf]])  # row 1: b proposes nothing
+    mixed = mix_logits([a, b], [0.25, 0.75]).exp()
+    torch.testing.assert_close(mixed[0], 0.25 * torch.softmax(a[0], -1) + torch.tensor([0.75, 0.0, 0.0]))
+    torch.testing.assert_close(mixed[1], torch.softmax(a[1], -1))  # renormalised over the live source
+
+
+@pytest.mark.parametrize("tree", ["chain", "dynamic"])
+def test_feature_and_ngram_mixture_is_lossless(tree: str) -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB)
+    mixture = MixtureDrafter([FeatureDrafter(random_draft(target, seed=1), target), NGramDrafter(max_n=3)])
+    decoder = specvlm.load(target, draft=mixture)
+    for ids in random_prompts(4, seed=9, vocab=VOCAB):
+        ids = ids + ids  # repeated text, so the n-gram source proposes too
+        assert decoder.generate(None, ids, max_new_tokens=24, tree=tree).tokens == hf_greedy(target, ids, 24)

@@ -1,0 +1,78 @@
+"""Several draft sources in one tree: q = the weighted mixture of their distributions at every node.
+
+On summaries most easy tokens are copies from the article (prompt n-grams find them) while a model draft knows the
+language: mixing both lets one verification try either.  A source that proposes nothing at a node (a row of -inf,
+e.g. no n-gram match) drops out there and the others are renormalised.  The mixture is a proper distribution, so
+sampled trees stay lossless.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from specvlm.drafting import Drafter, DraftSession
+
+
+def mix_logits(parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """log sum_i w_i softmax(parts_i), over the sources that propose something in each row: [K, V] each -> [K, V]."""
+    width = max(p.shape[-1] for p in parts)
+    total = torch.zeros(parts[0].shape[0], width)
+    mass = torch.zeros(parts[0].shape[0], 1)
+    for logits, w in zip(parts, weights, strict=True):
+        logits = logits.float().cpu()
+        live = torch.isfinite(logits).any(dim=-1, keepdim=True)  # [K, 1] rows where this source proposes
+        q = torch.where(live, torch.softmax(logits.masked_fill(~live, 0.0), dim=-1), 0.0)  # [K, V_i]
+        total[:, : q.shape[-1]] += w * q
+        mass += w * live
+    q = total / mass.clamp(min=1e-12)
+    return torch.where(q > 0, q.log(), torch.full_like(q, -math.inf)).to(parts[0].device)
+
+
+class MixtureSession(DraftSession):
+    def __init__(self, sessions: list[DraftSession], weights: list[float]):
+        self.sessions = sessions
+        self.weights = weights
+        self.wants_target_feedback = any(s.wants_target_feedback for s in sessions)
+
+    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        return mix_logits([s.logits(nodes, tokens, parents) for s in self.sessions], self.weights)
+
+    def observe(self, tokens: list[int], parents: list[int], target_top: list[int]) -> None:
+        for s in self.sessions:
+            if s.wants_target_feedback:
+                s.observe(tokens, parents, target_top)
+
+    def observe_hidden(self, hidden: torch.Tensor) -> None:
+        for s in self.sessions:
+            s.observe_hidden(hidden)
+
+    def commit(self, path: list[int], new_tokens: list[int]) -> None:
+        for s in self.sessions:
+            s.commit(path, new_tokens)
+
+
+class MixtureDrafter(Drafter):
+    """`MixtureDrafter([feature_draft, NGramDrafter()], [0.5, 0.5])`, or `draft="trained+ngram"`."""
+
+    def __init__(self, drafters: list[Drafter], weights: list[float] | None = None):
+        if len(drafters) < 2:
+            raise ValueError("a mixture needs at least two drafters")
+        weights = weights or [1.0 / len(drafters)] * len(drafters)
+        if len(weights) != len(drafters) or min(weights) <= 0:
+            raise ValueError("one positive weight per drafter")
+        self.drafters = drafters
+        self.weights = [w / sum(weights) for w in weights]
+        self.name = "+".join(d.name for d in drafters)
+        self.needs_target_hidden = any(d.needs_target_hidden for d in drafters)
+
+    def session(
+        self, prompt_ids: list[int], vocab_size: int, target_hidden: torch.Tensor | None = None, **inputs: Any
+    ) -> DraftSession:
+        sessions = []
+        for d in self.drafters:
+            extra = {"target_hidden": target_hidden} if d.needs_target_hidden else {}
+            sessions.append(d.session(prompt_ids, vocab_size, **extra, **inputs))
+        return MixtureSession(sessions, self.weights)
