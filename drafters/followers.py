@@ -69,6 +69,7 @@ class FollowerDrafter(Drafter):
         self.weight = weight
         self.name = f"{base.name}+followers"
         self.needs_target_hidden = base.needs_target_hidden
+        self.default_tree = base.default_tree
 
     def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
         return FollowerSession(self.base.session(prompt_ids, vocab_size, **inputs), list(prompt_ids), self.weight)

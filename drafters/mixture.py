@@ -67,6 +67,7 @@ class MixtureDrafter(Drafter):
         self.weights = [w / sum(weights) for w in weights]
         self.name = "+".join(d.name for d in drafters)
         self.needs_target_hidden = any(d.needs_target_hidden for d in drafters)
+        self.default_tree = next((d.default_tree for d in drafters if d.default_tree is not None), None)
 
     def session(
         self, prompt_ids: list[int], vocab_size: int, target_hidden: torch.Tensor | None = None, **inputs: Any

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--prompt-lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens")
     parser.add_argument("--early-exit", type=int, default=4, help="HF assistant_early_exit layer (hf_early_exit)")
+    parser.add_argument(
+        "--drafts",
+        metavar="A,B",
+        help="compare several drafts on the same target in this run, e.g. 'trained,ngram,trained+ngram' "
+        "(methods become specvlm-<tree>[<draft>]; --draft is the first one's default)",
+    )
     parser.add_argument("--T", "--temperature", dest="temperature", type=float, default=0.0)
     parser.add_argument("--P", "--top-p", dest="top_p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -86,10 +92,11 @@ def _hf_run(dec: Any, method: str, ids: list[int], args: argparse.Namespace) -> 
     if method == "hf_prompt_lookup":
         kwargs["prompt_lookup_num_tokens"] = args.prompt_lookup_tokens
     elif method == "hf_assisted":
-        draft_model = getattr(dec.drafter, "model", None)
-        if draft_model is None:
-            return None  # assisted generation needs a draft model
-        kwargs["assistant_model"] = draft_model
+        from drafters.model import ModelDrafter
+
+        if not isinstance(dec.drafter, ModelDrafter):
+            return None  # assisted generation needs a standalone causal LM draft (not n-grams, not a feature draft)
+        kwargs["assistant_model"] = dec.drafter.model
     elif method == "hf_early_exit":  # HF's layer-skip self-draft (LayerSkip), on the target's own first layers
         kwargs["assistant_early_exit"] = args.early_exit
     input_ids = torch.tensor([ids], device=dec.target.device)
@@ -137,12 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     dec = load_decoder(args)
     prompts = load_prompts(args, dec)
     write_jsonl(jsonl, [])
-    methods = [*hf, *(f"specvlm-{t}" for t in trees)]
+    decoders = {"": dec}
+    if args.drafts:
+        from specvlm import Decoder
+        from specvlm.api import make_drafter
+        from specvlm.models import LoadOptions
+
+        opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
+        names = [d.strip() for d in args.drafts.split(",") if d.strip()]
+        decoders = {f"[{n}]": Decoder(dec.target, make_drafter(n, dec.target, opts)) for n in names}
+    methods = [*hf, *(f"specvlm-{t}{d}" for d in decoders for t in trees)]
     totals: dict[str, dict[str, float]] = {
         m: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
     }
     skipped: set[str] = set()
-    dec.generate(prompt=prompts[0][1], max_new_tokens=8)  # warm-up
+    for d in decoders.values():  # warm-up
+        d.generate(prompt=prompts[0][1], max_new_tokens=8)
     for sid, ids in tqdm(prompts, desc=CLI, unit="prompt", file=sys.stderr, dynamic_ncols=True):
         reference: list[int] | None = None
         for method in methods:
@@ -154,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                 tokens, seconds = got
                 calls = len(tokens) if method == "hf_generate" else 0
             else:
-                gen = dec.generate(
+                tree, _, draft = method.removeprefix("specvlm-").partition("[")
+                gen = decoders[f"[{draft}" if draft else ""].generate(
                     prompt=ids,
                     max_new_tokens=args.max_new_tokens,
-                    tree=method.removeprefix("specvlm-"),
+                    tree=tree,
                     temperature=args.temperature,
                     top_p=args.top_p,
                     seed=args.seed,
@@ -210,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {', '.join(sorted(skipped))} (needs a draft model)", file=sys.stderr)
     config = {k: v for k, v in vars(args).items() if k not in ("debug", "overwrite")}
     config["device_resolved"] = str(dec.target.device)
-    config["draft_resolved"] = getattr(dec.drafter, "name", type(dec.drafter).__name__)
+    config["draft_resolved"] = [getattr(d.drafter, "name", type(d.drafter).__name__) for d in decoders.values()]
     if out is not None:
         write_json(out, {"methods": rows, "config": config, "prompts": len(prompts)}, overwrite=args.overwrite)
         _plot(rows, Path(args.plot) if args.plot else out.with_suffix(".png"))

@@ -45,7 +45,7 @@ class Decoder:
     def __init__(self, target: TargetModel, drafter: Drafter, tree: TreeBuilder | str | None = None):
         self.target = target
         self.drafter = for_target(drafter, target)
-        self.default_tree = make_tree(tree)
+        self.default_tree = make_tree(tree, drafter.default_tree)  # a trained draft brings its own best tree
 
     @property
     def tokenizer(self) -> Any | None:

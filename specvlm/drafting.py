@@ -8,9 +8,12 @@ verified the tree, `commit` tells the session which path was kept and which toke
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .builders import TreeBuilder
 
 
 class DraftSession(ABC):
@@ -43,6 +46,8 @@ class Drafter(ABC):
     #: True: the engine passes the target's last hidden states (final-normed, [L, H]) to `session` as
     #: `target_hidden` (prompt positions but the last) and to `DraftSession.observe_hidden` after each tree forward
     needs_target_hidden: bool = False
+    #: the tree a Decoder uses with this drafter when none is given (None: the library default)
+    default_tree: TreeBuilder | None = None
 
     @abstractmethod
     def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
