@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--followers", action="store_true", help="add the target's follower tokens to the draft")
     parser.add_argument("--plot", metavar="PNG", help="bar chart of tokens/s (default: next to --out)")
+    parser.add_argument(
+        "--profile", action="store_true", help="print where each specvlm method's step time goes (ms per target call)"
+    )
     add_model_args(parser)
     add_io_args(parser)
     return parser
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         m: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
     }
     skipped: set[str] = set()
+    profile: dict[str, dict[str, float]] = {}  # method -> seconds per part of the step
     for d in decoders.values():  # warm-up
         d.generate(prompt=prompts[0][1], max_new_tokens=8)
     for sid, ids in tqdm(prompts, desc=CLI, unit="prompt", file=sys.stderr, dynamic_ncols=True):
@@ -181,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed,
                 )
                 tokens, seconds, calls = gen.tokens, gen.stats.seconds, gen.stats.target_calls
+                for part, secs in gen.stats.split().items():
+                    profile.setdefault(method, {}).setdefault(part, 0.0)
+                    profile[method][part] += secs
             if method == "hf_generate":
                 reference = tokens
             same = reference is not None and tokens == reference
@@ -224,15 +231,38 @@ def main(argv: list[str] | None = None) -> int:
     print(
         markdown_table(rows, ["method", "tokens_per_second", "speedup", "tokens_per_call", "identical", "new_tokens"])
     )
+    if args.profile:
+        print(markdown_table(profile_rows(profile, totals), PROFILE_COLUMNS))
     if skipped:
         print(f"skipped: {', '.join(sorted(skipped))} (needs a draft model)", file=sys.stderr)
     config = {k: v for k, v in vars(args).items() if k not in ("debug", "overwrite")}
     config["device_resolved"] = str(dec.target.device)
     config["draft_resolved"] = [getattr(d.drafter, "name", type(d.drafter).__name__) for d in decoders.values()]
     if out is not None:
-        write_json(out, {"methods": rows, "config": config, "prompts": len(prompts)}, overwrite=args.overwrite)
+        summary = {"methods": rows, "config": config, "prompts": len(prompts)}
+        if args.profile:
+            summary["profile"] = profile_rows(profile, totals)
+        write_json(out, summary, overwrite=args.overwrite)
         _plot(rows, Path(args.plot) if args.plot else out.with_suffix(".png"))
     return 0
+
+
+PROFILE_COLUMNS = ["method", "draft_ms", "target_ms", "verify_ms", "cache_ms", "other_ms", "step_ms", "overhead"]
+
+
+def profile_rows(profile: dict[str, dict[str, float]], totals: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """ms per target call for each part; overhead = verify + cache + other (no model forward) as a share of a step."""
+    rows = []
+    for method, parts in profile.items():
+        calls = max(1, int(totals[method]["calls"]))
+        step = sum(v for k, v in parts.items() if k != "prefill")
+        row: dict[str, Any] = {"method": method}
+        for k in ("draft", "target", "verify", "cache", "other"):
+            row[f"{k}_ms"] = round(1000 * parts[k] / calls, 2)
+        row["step_ms"] = round(1000 * step / calls, 2)
+        row["overhead"] = f"{(parts['verify'] + parts['cache'] + parts['other']) / max(step, 1e-9):.1%}"
+        rows.append(row)
+    return rows
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
