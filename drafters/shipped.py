@@ -22,13 +22,8 @@ def fits(target: PreTrainedModel) -> bool:
 
 
 def load_shipped(target: PreTrainedModel) -> FeatureDrafter:
+    if not fits(target):
+        raise ModelLoadError(f"draft='trained' is the shipped draft of {TARGET_NAME}; this target is another model")
     if not is_feature_draft(SHIPPED):
         raise ModelLoadError(f"the shipped draft is missing from {SHIPPED}: reinstall specvlm from a full clone")
-    return load_feature_draft(SHIPPED, target)
-
-
-def shipped_draft_for(target: PreTrainedModel) -> FeatureDrafter | None:
-    """The shipped draft when `target` is the embedded model and the weights are present, else None."""
-    if not fits(target) or not is_feature_draft(SHIPPED):
-        return None
     return load_feature_draft(SHIPPED, target)
