@@ -61,8 +61,7 @@ class TrainConfig:
 
 # -- data ------------------------------------------------------------------------------------------------------
 def split(records: list[dict[str, Any]], val_share: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Held-out split by prompt (a prompt's summary round stays with its own split only by chance: both are text
-    the target wrote, never the evaluation prompts)."""
+    """A random held-out share of the records (all of it text the target wrote; never the evaluation prompts)."""
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_val = max(1, int(len(records) * val_share))
@@ -72,16 +71,10 @@ def split(records: list[dict[str, Any]], val_share: float, seed: int) -> tuple[l
 @torch.inference_mode()
 def target_features(target: PreTrainedModel, records: list[dict[str, Any]], batch_tokens: int) -> list[Example]:
     """One teacher-forced target pass per batch (right padding): the final-normed last hidden state per token."""
-    order = sorted(range(len(records)), key=lambda i: len(records[i]["ids"]))
     out: list[Example | None] = [None] * len(records)
     bar = tqdm(total=sum(len(r["ids"]) for r in records), desc="target features", unit="tok", dynamic_ncols=True)
-    i = 0
-    while i < len(order):
-        width = len(records[order[i]]["ids"])
-        j = i + 1
-        while j < len(order) and (j - i + 1) * len(records[order[j]]["ids"]) <= batch_tokens:
-            j += 1
-        rows = [records[k] for k in order[i:j]]
+    for group in length_groups([len(r["ids"]) for r in records], batch_tokens):
+        rows = [records[k] for k in group]
         width = max(len(r["ids"]) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -90,11 +83,10 @@ def target_features(target: PreTrainedModel, records: list[dict[str, Any]], batc
             mask[b, : len(r["ids"])] = 1
         hidden = target(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
         last = hidden.hidden_states[-1]  # [B, W, H]
-        for b, (k, r) in enumerate(zip(order[i:j], rows, strict=True)):
+        for b, (k, r) in enumerate(zip(group, rows, strict=True)):
             n = len(r["ids"])
             out[k] = Example(torch.tensor(r["ids"]), last[b, :n].to(torch.bfloat16).clone(), r["prompt_len"] - 1)
         bar.update(int(mask.sum()))
-        i = j
     bar.close()
     return [e for e in out if e is not None]
 
@@ -132,17 +124,24 @@ def coverage(examples: list[Example], head_ids: torch.Tensor) -> float:
     return sum(t in inside for t in toks) / max(1, len(toks))
 
 
+def length_groups(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, grouped so that a group padded to its longest member holds <= `batch_tokens`
+    tokens (a longer single item gets a group of its own)."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: lengths[k]):
+        if cur and (len(cur) + 1) * lengths[i] > batch_tokens:
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    return groups
+
+
 def batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> list[list[Example]]:
     """Length-sorted batches of about `batch_tokens` padded tokens, in random order."""
-    ordered = sorted(examples, key=lambda e: len(e.ids))
-    out, cur = [], []
-    for e in ordered:
-        if cur and (len(cur) + 1) * len(e.ids) > batch_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(e)
-    if cur:
-        out.append(cur)
+    out = [[examples[i] for i in g] for g in length_groups([len(e.ids) for e in examples], batch_tokens)]
     rng.shuffle(out)
     return out
 
