@@ -25,6 +25,7 @@ from specvlm.errors import ConfigError, ModelLoadError
 from specvlm.tree import append_causal_mask, append_nodes_mask
 
 from .base import Drafter, DraftSession
+from .feature_fast import DYNAMIC_ROPE, LeanFeatureForward, LeanKV, rope_type
 
 DRAFT_KIND = "feature"
 
@@ -113,7 +114,11 @@ class FeatureSession(DraftSession):
 
     def __init__(self, drafter: FeatureDrafter, prompt_ids: list[int], target_hidden: torch.Tensor):
         self.d = drafter
-        self.cache = DynamicCache(config=drafter.model.config)
+        self.cache: LeanKV | DynamicCache = (
+            drafter.lean.new_cache(capacity=2 * len(prompt_ids) + 64)
+            if drafter.lean is not None
+            else DynamicCache(config=drafter.model.config)
+        )
         self.base = 0  # committed tokens in the cache
         zero = target_hidden.new_zeros(1, target_hidden.shape[-1])
         self.pending = list(prompt_ids)
@@ -128,6 +133,9 @@ class FeatureSession(DraftSession):
     ) -> torch.Tensor:
         d = self.d
         ids = torch.tensor([tokens], device=d.device)
+        if isinstance(self.cache, LeanKV):
+            pos = torch.tensor(positions, device=d.device)  # [K]
+            return d.lean(feats, d.embed(ids)[0], pos, mask.to(d.device), self.cache)  # [K, H]
         out = d.model(
             features=feats[None].to(d.dtype),
             token_embeds=d.embed(ids).to(d.dtype),
@@ -136,6 +144,10 @@ class FeatureSession(DraftSession):
             past_key_values=self.cache,
         )
         return out[0]  # [K, H]
+
+    def _past(self) -> int:
+        """Entries in the draft cache (committed + this step's fed nodes)."""
+        return self.cache.length if isinstance(self.cache, LeanKV) else int(self.cache.get_seq_length())
 
     def _feed_pending(self) -> None:
         n, start = len(self.pending), self.base
@@ -152,7 +164,7 @@ class FeatureSession(DraftSession):
             self._feed_pending()
         new = [n for n in nodes if n not in self.slot]
         if new:
-            past = int(self.cache.get_seq_length())
+            past = self._past()
             mask, depth = append_nodes_mask(new, parents, self.slot, self.base, past, self.d.dtype)
             feats = torch.stack([self.out[parents[n]] for n in new])  # [K, H]
             out = self._forward([tokens[n] for n in new], feats, [self.base + d for d in depth], mask)
@@ -169,7 +181,11 @@ class FeatureSession(DraftSession):
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         if self.hidden is None:
             raise RuntimeError("the feature draft needs the target's hidden states of the scored tree")
-        keep_positions(self.cache, self.base, [self.base])  # keep the root (fed with a real feature) only
+        # keep the root (fed with a real feature) only
+        if isinstance(self.cache, LeanKV):
+            self.cache.keep(self.base, [self.base])
+        else:
+            keep_positions(self.cache, self.base, [self.base])
         self.base += 1
         self.pending = list(new_tokens)
         self.pending_feats = self.hidden[torch.tensor(path, device=self.hidden.device)]  # [len(path), H]
@@ -177,11 +193,15 @@ class FeatureSession(DraftSession):
 
 
 class FeatureDrafter(Drafter):
-    """A FeatureDraftModel attached to its target (embeddings and head rows shared, never copied)."""
+    """A FeatureDraftModel attached to its target (embeddings shared, never copied; the head's K rows gathered once).
+
+    Sessions draft through `LeanFeatureForward` (plain tensor ops on the module's weights, its own K/V tensors);
+    `lean=False`, or a rope type that changes with the sequence length, drafts through the HF module instead.
+    """
 
     needs_target_hidden = True
 
-    def __init__(self, model: FeatureDraftModel, target: PreTrainedModel, name: str = "feature"):
+    def __init__(self, model: FeatureDraftModel, target: PreTrainedModel, name: str = "feature", lean: bool = True):
         cfg = model.config
         embed, head = target_head(target)
         if head.shape[-1] != cfg.hidden_size or head.shape[0] < int(model.head_ids.max()) + 1:
@@ -197,6 +217,8 @@ class FeatureDrafter(Drafter):
         self.head_ids = model.head_ids.to(self.device)  # [K]
         self.head = head.detach()[self.head_ids].to(self.dtype)  # [K, H] a gathered copy of K rows
         self.vocab = int(head.shape[0])
+        use_lean = lean and rope_type(cfg) not in DYNAMIC_ROPE
+        self.lean: LeanFeatureForward | None = LeanFeatureForward(self.model) if use_lean else None
 
     def full_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Reduced-head logits scattered into the target vocabulary (other tokens -inf): [K, H] -> [K, V]."""

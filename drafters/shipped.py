@@ -18,7 +18,8 @@ def fits(target: PreTrainedModel) -> bool:
     """The shipped draft was trained on this target: same model family name, hidden size and vocabulary."""
     cfg = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
     name = str(getattr(target, "name_or_path", "") or getattr(cfg, "_name_or_path", ""))
-    return TARGET_NAME in name and cfg.hidden_size == 576 and cfg.vocab_size == 49152
+    embedded_vlm = getattr(target.config, "specvlm_embedded", None) == "target"  # its language model is SmolLM2
+    return (TARGET_NAME in name or embedded_vlm) and cfg.hidden_size == 576 and cfg.vocab_size == 49152
 
 
 def load_shipped(target: PreTrainedModel) -> FeatureDrafter:

@@ -26,12 +26,19 @@ class TextOnlyDrafter(Drafter):
         self.base = base
         self.image_token_id = image_token_id
         self.name = f"{base.name}(text only)"
+        self.needs_target_hidden = base.needs_target_hidden
+        self.default_tree = base.default_tree
 
     def session(
         self, prompt_ids: list[int], vocab_size: int, images: ImagePrompt | None = None, **inputs: Any
     ) -> DraftSession:
         token = images.token_id if images is not None else self.image_token_id
-        return self.base.session(strip_image_tokens(prompt_ids, token), vocab_size)
+        extra = {}
+        hidden = inputs.get("target_hidden")  # [L - 1, H]: every prompt position but the last
+        if hidden is not None:  # a feature draft reads the target's states at the text positions only
+            text = torch.tensor([t != token for t in prompt_ids[: hidden.shape[0]]], device=hidden.device)
+            extra["target_hidden"] = hidden[text]
+        return self.base.session(strip_image_tokens(prompt_ids, token), vocab_size, **extra)
 
     def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:
         """The base draft's logits over the text positions of `ids` (image tokens dropped): [L_text, V]."""

@@ -3,6 +3,8 @@
 Methods: HF greedy `generate`, HF prompt lookup (`prompt_lookup_num_tokens`), HF assisted generation with the same
 draft (`assistant_model=`, when the draft is a model), and specvlm with each tree. Tokens/s count the whole call
 (prefill included) for every method alike; `identical` compares with HF greedy `generate` (greedy runs only).
+Under `accelerate launch` the prompts are shared out over the processes (eval/shard.py); every method still runs
+on the same prompts in the same process, and rates are per process (tokens over summed call times).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from eval.common import (
     write_json,
     write_jsonl,
 )
+from eval.shard import Placed, join, merge
 
 CLI = "bench"
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted", "hf_early_exit")
@@ -144,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise ValueError(f"unknown method(s) {bad}: trees are {TREE_CHOICES}, HF baselines {HF_METHODS}")
     out, jsonl = result_paths(args, CLI)
+    shard = join(args.device)  # under `accelerate launch`: this process's share of the prompts
     dec = load_decoder(args)
     prompts = load_prompts(args, dec)
-    write_jsonl(jsonl, [])
+    records = shard.part(jsonl)  # the JSONL itself for one process
+    write_jsonl(records, [])
     decoders = {"": dec}
     if args.drafts:
         from specvlm import Decoder
@@ -162,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     skipped: set[str] = set()
     profile: dict[str, dict[str, float]] = {}  # method -> seconds per part of the step
+    placed: list[Placed] = []
+    mine = shard.take(prompts)
     for d in decoders.values():  # warm-up
-        d.generate(prompt=prompts[0][1], max_new_tokens=8)
-    for sid, ids in tqdm(prompts, desc=CLI, unit="prompt", file=sys.stderr, dynamic_ncols=True):
+        d.generate(prompt=mine[0][1][1] if mine else prompts[0][1], max_new_tokens=8)
+    for pos, (sid, ids) in tqdm(mine, desc=shard.label(CLI), unit="prompt", file=sys.stderr, dynamic_ncols=True):
         reference: list[int] | None = None
         for method in methods:
             if method.startswith("hf_"):
@@ -196,20 +203,20 @@ def main(argv: list[str] | None = None) -> int:
             t["seconds"] += seconds
             t["calls"] += calls
             t["identical"] += same
-            write_jsonl(
-                jsonl,
-                [
-                    {
-                        "id": sid,
-                        "method": method,
-                        "new_tokens": len(tokens),
-                        "seconds": round(seconds, 4),
-                        "target_calls": calls or None,
-                        "identical": same if args.temperature == 0 else None,
-                    }
-                ],
-                append=True,
-            )
+            record = {
+                "id": sid,
+                "method": method,
+                "new_tokens": len(tokens),
+                "seconds": round(seconds, 4),
+                "target_calls": calls or None,
+                "identical": same if args.temperature == 0 else None,
+            }
+            placed.append((pos, record))
+            write_jsonl(records, [record], append=True)
+    merged = merge(shard, jsonl, placed, (totals, profile, skipped))  # the main process gets every shard's sums
+    if merged is None:
+        return 0  # another process reports
+    totals, profile, skipped = merged
     base = totals.get("hf_generate")
     base_rate = base["tokens"] / base["seconds"] if base and base["seconds"] else None
     rows = []

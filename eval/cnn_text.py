@@ -33,6 +33,7 @@ from eval.common import (
     write_json,
     write_jsonl,
 )
+from eval.shard import Placed, join, merge
 
 if TYPE_CHECKING:
     from specvlm import Decoder, Generation, TreeBuilder
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     check_sampling(args)
     out, jsonl = result_paths(args, CLI)
     articles = load_articles(args)
+    shard = join(args.device)  # under `accelerate launch`: this process's share of the articles
     dec = load_decoder(args)
     from specvlm import PromptError
     from specvlm.trees import make_tree
@@ -310,12 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     builder = make_tree(tree, dec.default_tree)
     tree_name = describe_tree(builder)
     baseline = not args.no_baseline
-    write_jsonl(jsonl, [])  # create / truncate now; records are appended as samples finish
+    part = shard.part(jsonl)  # the JSONL itself for one process
+    write_jsonl(part, [])  # create / truncate now; records are appended as samples finish
 
     run = Run()
+    placed: list[Placed] = []
     warmed = False
-    bar = tqdm(articles, desc=CLI, unit="article", file=sys.stderr, dynamic_ncols=True)
-    for art in bar:
+    bar = tqdm(shard.take(articles), desc=shard.label(CLI), unit="article", file=sys.stderr, dynamic_ncols=True)
+    for pos, art in bar:
         try:
             if not art.text.strip():
                 raise PromptError("the article is empty")
@@ -324,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         except PromptError as err:
             run.skipped += 1
             tqdm.write(f"warning: skipped {art.id}: {err}", file=sys.stderr)
-            write_jsonl(jsonl, [{"id": art.id, "skipped": str(err)}], append=True)
+            placed.append((pos, {"id": art.id, "skipped": str(err)}))
+            write_jsonl(part, [placed[-1][1]], append=True)
             continue
         if not warmed:  # first-call costs (allocations, kernel selection) stay out of the timings
             generate(dec, ids, builder, args, 8)
@@ -338,10 +343,15 @@ def main(argv: list[str] | None = None) -> int:
         if base is not None:
             run.baseline.add(base)
             run.identical += spec.tokens == base.tokens
-        write_jsonl(jsonl, [sample_record(art, ids, cut, spec, base, args.save_text)], append=True)
+        placed.append((pos, sample_record(art, ids, cut, spec, base, args.save_text)))
+        write_jsonl(part, [placed[-1][1]], append=True)
         speed = _ratio(run.spec.tok_s, run.baseline.tok_s)
         bar.set_postfix(speedup="-" if speed is None else f"{speed:.2f}x", tok_call=f"{run.spec.tokens_per_call:.2f}")
     bar.close()
+    merged = merge(shard, jsonl, placed, run)  # the main process gets every shard's records and sums
+    if merged is None:
+        return 0  # another process reports
+    run = merged
 
     result = summary(run, baseline)
     config = {

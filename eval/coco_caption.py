@@ -1,5 +1,6 @@
 """Image captioning benchmark (COCO format): the autoregressive baseline vs specvlm on the same images, in one run.
 
+python -m eval.coco_caption                       # the embedded mini VLM pair on the bundled rendered-scene test split
 python -m eval.coco_caption --target FOLDER --limit 2 --max-new-tokens 16 --out /tmp/coco.json --overwrite
 """
 
@@ -9,6 +10,7 @@ import argparse
 import contextlib
 import json
 import sys
+import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,19 +30,24 @@ from eval.common import (
     describe_tree,
     load_decoder,
     markdown_table,
+    pyplot,
     result_paths,
     run_cli,
+    save_figure,
     select_range,
     tree_from_args,
     write_json,
     write_jsonl,
 )
+from eval.scenes import ATTRIBUTES, Scene, attribute_hits
+from eval.shard import Placed, join, merge
 
 if TYPE_CHECKING:
     from specvlm import Decoder, Generation, TreeBuilder
 
 CLI = "coco_caption"
 BUNDLED = Path(__file__).parent / "data" / "coco_sample"
+SCENES = Path(__file__).parent / "data" / "scenes_test"
 PROMPT = "Describe the image in one sentence."
 
 DESCRIPTION = """\
@@ -50,17 +57,25 @@ distribution of tokens accepted per step (PNG plot) and the cost of the image pr
 
 EPILOG = f"""\
 examples:
+  python -m eval.{CLI} --out results/coco-mini.json --overwrite
   python -m eval.{CLI} --target ./tiny-llava --limit 2 --max-new-tokens 16 --out /tmp/coco.json --overwrite
   python -m eval.{CLI} --target llava-hf/llava-1.5-7b-hf --draft ./llava-160m --coco-root val2017 \\
       --captions annotations/captions_val2017.json --tree dynamic --B 64 --limit 200 --out results/coco.json
 
-With no --coco-root / --captions the bundled six-image sample (eval/data/coco_sample) is used, so the benchmark
-runs offline. --target is required: specvlm ships no miniature vision-language model yet. The default draft is
-n-gram prompt lookup over the prompt's text; --draft takes a llava (it sees the image: its own vision tower and
-projector, the image prefix in its own cache) or a text LM with the target's tokenizer (it sees the text only),
-or 'embedded' (SmolLM2-135M, text only, when the target uses its tokenizer). Tokens/s include prefill; the
-second table splits the prefill (target with the image, draft) from the per-step time.
+With no --target the embedded mini VLM runs (a llava around SmolLM2-135M-Instruct trained on rendered scenes,
+'embedded-vlm') on the bundled test split of those scenes (eval/data/scenes_test, 100 images), with two drafts
+in the same run: its llava draft ('embedded-vlm-draft': it sees the image) and the shipped text draft ('trained':
+text positions only). Captions are scored by the attributes they name (count, size, colour, shape, place) against
+the drawn scene. With --target and no --coco-root / --captions the bundled six-image sample (eval/data/coco_sample)
+is used. Repeat --draft to compare several drafts on one baseline: a llava (it sees the image: its own vision tower
+and projector, the image prefix in its own cache), a text LM with the target's tokenizer (text only), 'trained',
+'ngram' or 'embedded'; the default is the target's own default draft (n-grams for other targets). Tokens/s include
+prefill; the second table splits the prefill (target with the image, draft) from the per-step time.
 """
+
+EMBEDDED_TARGET = "embedded-vlm"
+#: the drafts compared by default on the embedded mini VLM: its llava draft and the shipped text draft
+EMBEDDED_DRAFTS = ("embedded-vlm-draft", "trained")
 
 
 @dataclass(frozen=True)
@@ -68,15 +83,27 @@ class Sample:
     id: int
     path: Path
     captions: tuple[str, ...]
+    scene: Scene | None = None  # the drawn scene, for rendered-scene sets
 
 
 @dataclass
 class Run:
+    """Sums for the baseline and one draft (the sharded merge adds them up field by field)."""
+
     images: int = 0
     skipped: int = 0
     identical: int = 0
     baseline: Totals = field(default_factory=Totals)
     spec: Totals = field(default_factory=Totals)
+
+
+@dataclass
+class Runs:
+    """One Run per draft (same images, same baseline) and the attribute hits of the baseline captions."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    attributes: Counter[str] = field(default_factory=Counter)
+    scored: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="COCO captions JSON, e.g. captions_val2017.json (default: the bundled eval/data/coco_sample)",
     )
     data.add_argument("--prompt", default=PROMPT, help=f"the request sent with each image (default: {PROMPT!r})")
-    add_model_args(parser)
+    add_model_args(parser, several_drafts=True)
     add_tree_args(parser)
     add_io_args(parser)
     run = parser.add_argument_group("run")
@@ -111,8 +138,9 @@ def load_samples(args: argparse.Namespace) -> list[Sample]:
 
     import specvlm
 
-    captions = Path(args.captions) if args.captions else BUNDLED / "captions.json"
-    root = Path(args.coco_root) if args.coco_root else BUNDLED / "images"
+    bundled = SCENES if args.target in (None, EMBEDDED_TARGET) else BUNDLED
+    captions = Path(args.captions) if args.captions else bundled / "captions.json"
+    root = Path(args.coco_root) if args.coco_root else bundled / "images"
     if not captions.is_file():
         raise FileNotFoundError(f"captions file not found: {captions}")
     if not root.is_dir():
@@ -137,7 +165,8 @@ def load_samples(args: argparse.Namespace) -> list[Sample]:
     for img_id in picked:
         info = coco.imgs[img_id]
         refs = tuple(str(a.get("caption", "")).strip() for a in coco.imgToAnns.get(img_id, []))
-        out.append(Sample(int(img_id), root / str(info["file_name"]), refs))
+        scene = Scene(**info["scene"]) if isinstance(info.get("scene"), dict) else None  # eval.scenes files
+        out.append(Sample(int(img_id), root / str(info["file_name"]), refs, scene))
     return out
 
 
@@ -162,11 +191,14 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def sample_record(sample: Sample, spec: Generation, base: Generation, save_text: bool) -> dict[str, Any]:
+def sample_record(
+    sample: Sample, spec: Generation, base: Generation, save_text: bool, draft: str = ""
+) -> dict[str, Any]:
     spec_rate, base_rate = spec.stats.tokens_per_second, base.stats.tokens_per_second
     record: dict[str, Any] = {
         "id": sample.id,
         "file": sample.path.name,
+        "draft": draft,
         "prompt_tokens": len(spec.prompt_ids),
         "new_tokens": spec.stats.new_tokens,
         "identical": spec.tokens == base.tokens,
@@ -183,6 +215,8 @@ def sample_record(sample: Sample, spec: Generation, base: Generation, save_text:
         "specvlm_split_s": {k: round(v, 4) for k, v in spec.stats.split().items()},
         "text": spec.text,
     }
+    if sample.scene is not None:
+        record["attributes_right"] = attribute_hits(base.text, sample.scene)
     if save_text:
         record["baseline_text"] = base.text
         record["references"] = list(sample.captions)
@@ -225,31 +259,85 @@ def prefix_cost(run: Run) -> dict[str, Any]:
     }
 
 
-def table(run: Run, tree_name: str) -> str:
+def table(runs: Runs, trees: dict[str, str]) -> str:
+    """The baseline and every draft: images, identical outputs, tokens/s, speedup, tokens per call, tree size."""
+    first = next(iter(runs.runs.values()))
     rows = [
         {
             "method": "ar (baseline)",
-            "images": run.images,
+            "draft": "-",
+            "images": first.images,
             "identical": "-",
-            "new tokens": run.baseline.tokens,
-            "tok/s": run.baseline.tok_s,
+            "new tokens": first.baseline.tokens,
+            "tok/s": first.baseline.tok_s,
             "speedup": 1.0,
-            "tokens/call": run.baseline.tokens_per_call,
-            "tree size": run.baseline.tree_size,
-        },
-        {
-            "method": tree_name,
-            "images": run.images,
-            "identical": f"{run.identical}/{run.images}",
-            "new tokens": run.spec.tokens,
-            "tok/s": run.spec.tok_s,
-            "speedup": _ratio(run.spec.tok_s, run.baseline.tok_s),
-            "tokens/call": run.spec.tokens_per_call,
-            "tree size": run.spec.tree_size,
-        },
+            "tokens/call": first.baseline.tokens_per_call,
+            "tree size": first.baseline.tree_size,
+        }
     ]
-    columns = ["method", "images", "identical", "new tokens", "tok/s", "speedup", "tokens/call", "tree size"]
-    return markdown_table(rows, columns)
+    for name, run in runs.runs.items():
+        rows.append(
+            {
+                "method": trees[name],
+                "draft": name,
+                "images": run.images,
+                "identical": f"{run.identical}/{run.images}",
+                "new tokens": run.spec.tokens,
+                "tok/s": run.spec.tok_s,
+                "speedup": _ratio(run.spec.tok_s, run.baseline.tok_s),
+                "tokens/call": run.spec.tokens_per_call,
+                "tree size": run.spec.tree_size,
+            }
+        )
+    return markdown_table(rows, list(rows[0]))
+
+
+def attribute_accuracy(runs: Runs) -> dict[str, float] | None:
+    """Share of scored captions that name each attribute of the drawn scene correctly (None: no scenes)."""
+    if not runs.scored:
+        return None
+    return {a: round(runs.attributes[a] / runs.scored, 4) for a in (*ATTRIBUTES, "all five")}
+
+
+def caption_sheet(path: Path, items: list[tuple[Path, str]], title: str) -> bool:
+    """The first images with their captions underneath (PNG); False when matplotlib is missing."""
+    plt = pyplot()
+    if plt is None or not items:
+        return False
+    from PIL import Image
+
+    cols = min(4, len(items))
+    rows = (len(items) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, text) in zip(axes.flat, items, strict=False):
+        with Image.open(image) as img:
+            ax.imshow(img.convert("RGB"), interpolation="nearest")
+        ax.set_title(textwrap.fill(text, 34), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def decoders(args: argparse.Namespace) -> list[tuple[str, Decoder]]:
+    """One decoder per draft (--draft repeated), all sharing the one loaded target."""
+    from specvlm.api import Decoder, make_drafter
+    from specvlm.models import LoadOptions
+
+    embedded = args.target == EMBEDDED_TARGET
+    specs: list[str | None] = list(args.draft) if args.draft else (list(EMBEDDED_DRAFTS) if embedded else [None])
+    first = load_decoder(argparse.Namespace(**{**vars(args), "draft": specs[0]}))
+    opts = LoadOptions(dtype=first.target.dtype, device=first.target.device)
+    decs = [first] + [Decoder(first.target, make_drafter(spec, first.target, opts)) for spec in specs[1:]]
+    named: list[tuple[str, Decoder]] = []
+    for dec in decs:
+        name = str(getattr(dec.drafter, "name", type(dec.drafter).__name__))
+        while name in dict(named):
+            name += "'"
+        named.append((name, dec))
+    return named
 
 
 def cost_table(cost: dict[str, Any], tree_name: str) -> str:
@@ -312,15 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     import specvlm
 
     if args.target is None:
-        raise specvlm.ConfigError(
-            "--target is required: specvlm ships no miniature vision-language model yet, so give a llava model "
-            "(a hub id such as llava-hf/llava-1.5-7b-hf, or a folder saved with save_pretrained plus its processor)"
-        )
+        args.target = EMBEDDED_TARGET
     out, jsonl = result_paths(args, CLI)
     plot = Path(args.plot) if args.plot else (out if out is not None else jsonl).with_suffix(".png")
+    sheet = plot.with_name(plot.stem + "-captions.png")
     check_writable(plot, args.overwrite)
     samples = load_samples(args)
-    dec = load_decoder(args)
+    shard = join(args.device)  # under `accelerate launch`: this process's share of the images
+    decs = decoders(args)
+    dec = decs[0][1]
     image_token = dec.target.image_token_id
     if image_token is None:
         raise specvlm.ConfigError(
@@ -334,60 +422,99 @@ def main(argv: list[str] | None = None) -> int:
     from specvlm.trees import make_tree
     from specvlm.vlm import load_image
 
-    builder = make_tree(tree, dec.default_tree)
-    tree_name = describe_tree(builder)
-    write_jsonl(jsonl, [])  # create / truncate now; records are appended as images finish
+    builders = {name: make_tree(tree, d.default_tree) for name, d in decs}
+    trees = {name: describe_tree(b) for name, b in builders.items()}
+    part = shard.part(jsonl)  # the JSONL itself for one process
+    write_jsonl(part, [])  # create / truncate now; records are appended as images finish
 
-    run = Run()
+    runs = Runs({name: Run() for name, _ in decs})
+    placed: list[Placed] = []
     warmed = False
-    bar = tqdm(samples, desc=CLI, unit="image", file=sys.stderr, dynamic_ncols=True)
-    for sample in bar:
+    bar = tqdm(shard.take(samples), desc=shard.label(CLI), unit="image", file=sys.stderr, dynamic_ncols=True)
+    for pos, sample in bar:
         try:
             image = load_image(sample.path, f"image {sample.path}")  # read once, outside the timings
             if not warmed:  # first-call costs (allocations, kernel selection) stay out of the timings
-                generate(dec, image, builder, args, 4)
+                for name, d in decs:
+                    generate(d, image, builders[name], args, 4)
                 generate(dec, image, "ar", args, 4)
                 warmed = True
             base = generate(dec, image, "ar", args, args.max_new_tokens)
         except (specvlm.ImageError, specvlm.PromptError) as err:
-            run.skipped += 1
+            for run in runs.runs.values():
+                run.skipped += 1
             tqdm.write(f"warning: skipped image {sample.id}: {err}", file=sys.stderr)
-            write_jsonl(jsonl, [{"id": sample.id, "file": sample.path.name, "skipped": str(err)}], append=True)
+            placed.append((pos, {"id": sample.id, "file": sample.path.name, "skipped": str(err)}))
+            write_jsonl(part, [placed[-1][1]], append=True)
             continue
-        spec = generate(dec, image, builder, args, args.max_new_tokens)
-        run.images += 1
-        run.baseline.add(base, image_token)
-        run.spec.add(spec, image_token)
-        run.identical += spec.tokens == base.tokens
-        write_jsonl(jsonl, [sample_record(sample, spec, base, args.save_text)], append=True)
-        speed = _ratio(run.spec.tok_s, run.baseline.tok_s)
-        bar.set_postfix(speedup="-" if speed is None else f"{speed:.2f}x", tok_call=f"{run.spec.tokens_per_call:.2f}")
+        if sample.scene is not None:
+            hits = attribute_hits(base.text, sample.scene)
+            runs.scored += 1
+            runs.attributes.update([a for a, ok in hits.items() if ok] + (["all five"] if all(hits.values()) else []))
+        for name, d in decs:
+            spec = generate(d, image, builders[name], args, args.max_new_tokens)
+            run = runs.runs[name]
+            run.images += 1
+            run.baseline.add(base, image_token)
+            run.spec.add(spec, image_token)
+            run.identical += spec.tokens == base.tokens
+            placed.append((pos, sample_record(sample, spec, base, args.save_text, name)))
+            write_jsonl(part, [placed[-1][1]], append=True)
+        first = runs.runs[decs[0][0]]
+        speed = _ratio(first.spec.tok_s, first.baseline.tok_s)
+        bar.set_postfix(speedup="-" if speed is None else f"{speed:.2f}x", tok_call=f"{first.spec.tokens_per_call:.2f}")
     bar.close()
+    merged = merge(shard, jsonl, placed, runs)  # the main process gets every shard's records and sums
+    if merged is None:
+        return 0  # another process reports
+    runs = merged
+    first_name = decs[0][0]
+    run = runs.runs[first_name]
 
     result = summary(run)
+    result["drafts"] = {name: summary(r) for name, r in runs.runs.items()}
+    result["attribute_accuracy"] = attribute_accuracy(runs)
     cost = prefix_cost(run)
-    draft_name = getattr(dec.drafter, "name", type(dec.drafter).__name__)
-    plotted = plot_accepted(plot, run.spec.accepted, f"{CLI}: {tree_name}, draft {draft_name}, {run.images} images")
+    plotted = plot_accepted(
+        plot, run.spec.accepted, f"{CLI}: {trees[first_name]}, draft {first_name}, {run.images} images"
+    )
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    shown = [(root_file(samples, r["id"]), r["text"]) for r in records if r.get("draft") == first_name][:8]
+    sheeted = caption_sheet(sheet, shown, f"{args.target}: greedy captions (identical with every draft)")
     config = {
         **{k: v for k, v in vars(args).items() if k not in ("debug", "overwrite")},
-        "tree_resolved": tree_name,
-        "draft_resolved": draft_name,
+        "tree_resolved": trees,
+        "draft_resolved": list(runs.runs),
         "device_resolved": str(dec.target.device),
         "dtype_resolved": str(dec.target.dtype).replace("torch.", ""),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    print(table(run, tree_name))
+    print(table(runs, trees))
     print()
     print("image prefix cost (mean per image; prefill / step = how many decoding steps one prefill costs):")
-    print(cost_table(cost, tree_name))
+    print(cost_table(cost, trees[first_name]))
+    accuracy = result["attribute_accuracy"]
+    if accuracy is not None:
+        print()
+        print(f"attribute accuracy of the captions ({runs.scored} images with a drawn scene):")
+        print(markdown_table([accuracy], list(accuracy)))
+    if shown:
+        print()
+        for path, text in shown[:5]:
+            print(f"{path.name}: {text}")
     if out is not None:
         write_json(out, {"summary": result, "prefix_cost": cost, "config": config}, overwrite=args.overwrite)
     files = f"records: {jsonl}" + (f"  summary: {out}" if out is not None else "")
-    print(files + (f"  plot: {plot}" if plotted else "  (no plot: matplotlib is not installed)"), file=sys.stderr)
+    files += f"  plot: {plot}" if plotted else "  (no plot: matplotlib is not installed)"
+    print(files + (f"  captions: {sheet}" if sheeted else ""), file=sys.stderr)
     if run.images == 0:
         print("warning: no image could be captioned", file=sys.stderr)
         return 1
     return 0
+
+
+def root_file(samples: list[Sample], image_id: int) -> Path:
+    return next(s.path for s in samples if s.id == image_id)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,8 @@ def check_draft(draft: str | None) -> None:
 
 
 def load_decoder(args: argparse.Namespace) -> Decoder:
-    """specvlm.load with the model flags of `add_model_args`."""
+    """specvlm.load with the model flags of `add_model_args` (--device-map reaches it as `device_map`; under a
+    multi-process launch on GPUs each process takes its own GPU unless --device or --device-map says otherwise)."""
     import specvlm
 
     check_draft(args.draft)
@@ -243,11 +244,16 @@ def load_decoder(args: argparse.Namespace) -> Decoder:
         import torch
 
         torch.set_num_threads(args.threads)
+    device = args.device
+    if device is None and args.device_map is None:
+        from eval.shard import local_device
+
+        device = local_device()  # one GPU per process under a multi-process launch
     return specvlm.load(
         target=args.target,
         draft=draft,
         dtype=args.dtype,
-        device=args.device,
+        device=device,
         device_map=args.device_map,
         trust_remote_code=args.trust_remote_code,
     )

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from . import mini_vlm
 from .builders import TreeBuilder
 from .drafting import Drafter
 from .engine import Request, decode
@@ -232,6 +233,8 @@ def make_drafter(
         from drafters.mixture import MixtureDrafter
 
         return MixtureDrafter([make_drafter(part, target, opts, draft_tokenizer) for part in draft.split("+")])
+    if draft is None and mini_vlm.is_embedded_target(target.model):  # the embedded VLM pair's own llava draft
+        return make_drafter(mini_vlm.DRAFT_ALIAS, target, opts, draft_tokenizer)
     if draft is None:  # prompt n-grams: still faster than the shipped trained draft on CPU (docs/performance.md)
         return NGramDrafter(max_n=3)
     if isinstance(draft, str) and draft == "trained":
@@ -311,16 +314,17 @@ def load(
     return Decoder(tm, make_drafter(draft, tm, opts), tree)
 
 
-_DEFAULT: Decoder | None = None
+_DEFAULTS: dict[bool, Decoder] = {}
 
 
-def default_decoder() -> Decoder:
-    global _DEFAULT  # the one cache of the embedded defaults, so repeated calls do not reload weights
-    if _DEFAULT is None:
-        _DEFAULT = load()
-    return _DEFAULT
+def default_decoder(image: bool = False) -> Decoder:
+    """The embedded defaults, loaded once and cached: SmolLM2-135M-Instruct with n-grams, or with `image` the
+    embedded mini VLM (a llava around SmolLM2, trained on rendered scenes) with its llava draft."""
+    if image not in _DEFAULTS:  # the one cache of the embedded defaults, so repeated calls do not reload weights
+        _DEFAULTS[image] = load(mini_vlm.TARGET_ALIAS) if image else load()
+    return _DEFAULTS[image]
 
 
 def generate(image: Any = None, prompt: PromptLike = "", **options: Any) -> Generation:
-    """`Decoder.generate` on the embedded defaults, loaded once and cached."""
-    return default_decoder().generate(image, prompt, **options)
+    """`Decoder.generate` on the embedded defaults (the mini VLM pair when an image is given)."""
+    return default_decoder(image is not None).generate(image, prompt, **options)

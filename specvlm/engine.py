@@ -69,7 +69,8 @@ def decode(
     start = time.perf_counter()
     ids = list(request.prompt_ids)
     generator = make_generator(request.sampling.seed)
-    cache = target.new_cache()
+    # grows in place: room for the prompt and a first stretch of the answer, then 1.5x whenever it fills up
+    cache = target.new_cache(capacity=len(ids) + min(request.max_new_tokens, 256) + 64)
     undrafted = isinstance(builder, Autoregressive)  # the baseline is the target alone: no draft work at all
     feed_hidden = drafter.needs_target_hidden and not undrafted
     # a VLM's image prefix enters the cache here

@@ -21,7 +21,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from . import embedded
+from . import embedded, mini_vlm
+from .cache import GrowingCache
 from .errors import ConfigError, ModelLoadError
 from .tree import TokenTree, tree_attention_mask, tree_position_ids
 from .vlm import image_token_id
@@ -129,6 +130,8 @@ def load_model(spec: ModelSpec, opts: LoadOptions) -> LoadedModel:
     from a hub id, a folder, a .gguf file, an in-memory model, or None (embedded)."""
     if spec is None:
         return LoadedModel(*load_embedded(opts))
+    if isinstance(spec, str) and spec in mini_vlm.ALIASES:  # the embedded mini VLM pair, built once in the cache
+        spec = mini_vlm.materialise(mini_vlm.ALIASES[spec])
     if isinstance(spec, PreTrainedModel):
         return LoadedModel(spec.eval())
     if not isinstance(spec, (str, os.PathLike)):
@@ -228,8 +231,9 @@ class TargetModel:
         self.eos = eos_ids(model, tokenizer)
         self.pad_to = 4 if self.device.type == "cpu" and self.dtype == torch.float32 else 1
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+    def new_cache(self, capacity: int = 0) -> DynamicCache:
+        """The engine's cache: grows in place, with room for `capacity` positions reserved up front."""
+        return GrowingCache(self.model.config, capacity=capacity)
 
     @torch.inference_mode()
     def prefill(

@@ -465,8 +465,7 @@ def test_coco_caption_cli(
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "tokens/call" in printed and "draft prefill ms" in printed
-    with pytest.raises(specvlm.ConfigError, match="--target is required"):
-        coco_caption.main(["--limit", "1"])
+    assert summary["attribute_accuracy"] is None  # the bundled COCO sample has no drawn scenes
     # a draft with another tokenizer is refused before any image is read
     other = tmp_path / "other"
     tiny_llama(seed=1, vocab=len(processor.tokenizer)).save_pretrained(other)

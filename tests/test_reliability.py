@@ -12,11 +12,12 @@ import torch
 from conftest import PieceTokenizer, hf_greedy, step_ends, tiny_llama
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import DynamicCache, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import specvlm
 from drafters import DraftSession, ModelDrafter, NGramDrafter
 from specvlm.builders import Autoregressive, BranchingTree, ChainTree, DynamicTree, OptTree, TreeBuilder
+from specvlm.cache import GROWTH, GrowingCache
 from specvlm.engine import cut_tokens
 
 PROMPT = [11, 40, 7, 93, 11, 40, 2, 65]
@@ -253,11 +254,11 @@ LONG_TOKENS = 2000
 LONG_POSITIONS = 2100
 
 
-class MeasuredCache(DynamicCache):
-    """A DynamicCache that records its longest sequence and the most bytes its key/value storage held."""
+class MeasuredCache(GrowingCache):
+    """The engine's cache (grows in place), recording its longest sequence and the most bytes its storage held."""
 
-    def __init__(self, config: Any):
-        super().__init__(config=config)
+    def __init__(self, config: Any, capacity: int = 0):
+        super().__init__(config, capacity=capacity)
         self.peak_length = 0
         self.peak_bytes = 0
 
@@ -311,7 +312,7 @@ def test_two_thousand_tokens_equal_hf_greedy_in_bounded_memory(
     dec = copy_decoder(max_positions=LONG_POSITIONS)
     config = dec.target.model.config
     cache = MeasuredCache(config)
-    monkeypatch.setattr(dec.target, "new_cache", lambda: cache)
+    monkeypatch.setattr(dec.target, "new_cache", lambda capacity=0: cache)
     got = dec.generate(prompt=LONG_PROMPT, max_new_tokens=LONG_TOKENS, tree=tree)
     assert got.tokens == long_reference
     committed = len(LONG_PROMPT) + LONG_TOKENS - 1  # the last token is the next root, not yet in the cache
@@ -323,6 +324,7 @@ def test_two_thousand_tokens_equal_hf_greedy_in_bounded_memory(
     )
     assert committed <= length < committed + widest  # at most the last tree's cut-off tail is left over
     assert cache.tensor_bytes() == kv_bytes(config, length)
-    assert cache.held_bytes() <= kv_bytes(config, committed + widest)
+    # a buffer grows by GROWTH only when full, so it never holds more than GROWTH x the longest sequence it served
+    assert cache.held_bytes() <= GROWTH * kv_bytes(config, committed + widest)
     assert cache.peak_length <= committed + widest
-    assert cache.peak_bytes <= kv_bytes(config, committed + widest)
+    assert cache.peak_bytes <= GROWTH * kv_bytes(config, committed + widest)

@@ -1,0 +1,205 @@
+"""A lean inference forward for the feature draft: the same weights as `FeatureDraftModel`, plain tensor ops.
+
+For the handful of tokens a draft step feeds, the HF module path (LlamaModel -> decoder layer -> attention
+interface, a `DynamicCache`, mask and rotary modules) costs milliseconds of Python and module dispatch per call.
+This forward does the same math in a few fused matmuls: fuse Linear, then per layer RMSNorm -> one q/k/v matmul ->
+RoPE -> `scaled_dot_product_attention` with the caller's additive mask (grouped-query heads folded into the query
+rows, so keys and values are never repeated) -> o projection -> RMSNorm -> one gate/up matmul -> SiLU -> down,
+then the final norm.  Keys and values live in `LeanKV`, preallocated tensors that grow by doubling.
+
+The weights are a snapshot taken when the forward is built (q/k/v and gate/up rows are concatenated copies; the
+rest share storage with the module): rebuild it after changing the module's weights.  Training keeps using the
+HF module, which stays the reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig
+
+#: rope types whose frequencies change with the sequence length at run time (not supported by the lean forward)
+DYNAMIC_ROPE = ("dynamic", "longrope")
+
+
+def rope_type(config: LlamaConfig) -> str:
+    params = getattr(config, "rope_parameters", None) or {}
+    return str(params.get("rope_type", "default"))
+
+
+def rope_frequencies(config: LlamaConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim / 2] (float32) and the cos/sin scale for the config's (static) rope type.
+
+    The default type is theta^(-2i / head_dim); other static types are computed by transformers' own rope init
+    functions, so scaled variants (linear, llama3, yarn, ...) match the HF module exactly.
+    """
+    kind = rope_type(config)
+    if kind in DYNAMIC_ROPE:
+        raise ValueError(f"rope type {kind!r} changes with the sequence length: the lean forward does not support it")
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    if kind == "default":
+        theta = float(config.rope_parameters["rope_theta"])
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim  # [D / 2]
+        return 1.0 / theta**exponents, 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv_freq, scale = ROPE_INIT_FUNCTIONS[kind](config)
+    return inv_freq.float(), float(scale)
+
+
+class LeanKV:
+    """Keys and values of every draft layer: [layers, kv_heads, capacity, head_dim] each, `length` filled.
+
+    Inference tensors: every method runs under `torch.inference_mode` (write to them only inside it).
+    """
+
+    @torch.inference_mode()
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+                 capacity: int = 512):  # fmt: skip
+        self.keys = torch.empty(layers, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.empty_like(self.keys)
+        self.length = 0
+
+    @torch.inference_mode()
+    def reserve(self, extra: int) -> None:
+        """Make room for `extra` more positions (capacity doubles, filled positions are copied once)."""
+        need = self.length + extra
+        cap = self.keys.shape[2]
+        if need <= cap:
+            return
+        while cap < need:
+            cap *= 2
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_empty(old.shape[0], old.shape[1], cap, old.shape[3])  # [layers, kv, cap, D]
+            new[:, :, : self.length] = old[:, :, : self.length]
+            setattr(self, name, new)
+
+    @torch.inference_mode()
+    def keep(self, start: int, keep: list[int]) -> None:
+        """Keep positions [0, start) and then the positions `keep` (absolute, ascending); drop the rest."""
+        new_len = start + len(keep)
+        if keep != list(range(start, new_len)):
+            idx = torch.tensor(keep, dtype=torch.long, device=self.keys.device)  # [K]
+            self.keys[:, :, start:new_len] = self.keys.index_select(2, idx)
+            self.values[:, :, start:new_len] = self.values.index_select(2, idx)
+        self.length = new_len
+
+
+@dataclass(frozen=True)
+class _Layer:
+    ln1: torch.Tensor  # [H]
+    qkv: torch.Tensor  # [(heads + 2 kv_heads) * D, H]
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor  # [H, heads * D]
+    o_bias: torch.Tensor | None
+    ln2: torch.Tensor  # [H]
+    gate_up: torch.Tensor  # [2 I, H]
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor  # [H, I]
+    down_bias: torch.Tensor | None
+
+
+def _cat_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
+    if linears[0].bias is None:
+        return None
+    return torch.cat([lin.bias.detach() for lin in linears])
+
+
+class LeanFeatureForward:
+    """The inference forward of a `FeatureDraftModel` (float32 or bfloat16 weights, one sequence, no grad)."""
+
+    def __init__(self, model: torch.nn.Module):
+        cfg: LlamaConfig = model.config
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise ValueError(f"the lean forward implements SiLU MLPs, not {cfg.hidden_act!r}")
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
+        self.groups = self.heads // self.kv_heads  # query heads per key/value head
+        self.eps = float(cfg.rms_norm_eps)
+        self.fuse_w = model.fuse.weight.detach()  # [H, 2H]
+        self.fuse_b = None if model.fuse.bias is None else model.fuse.bias.detach()  # [H]
+        self.dtype = self.fuse_w.dtype
+        self.device = self.fuse_w.device
+        inv_freq, self.rope_scale = rope_frequencies(cfg)
+        self.inv_freq = inv_freq.to(self.device)  # [D / 2] float32
+        self.layers: list[_Layer] = []
+        for layer in model.decoder.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            self.layers.append(
+                _Layer(
+                    ln1=layer.input_layernorm.weight.detach(),
+                    qkv=torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
+                    qkv_bias=_cat_bias(att.q_proj, att.k_proj, att.v_proj),
+                    o=att.o_proj.weight.detach(),
+                    o_bias=None if att.o_proj.bias is None else att.o_proj.bias.detach(),
+                    ln2=layer.post_attention_layernorm.weight.detach(),
+                    gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                    gate_up_bias=_cat_bias(mlp.gate_proj, mlp.up_proj),
+                    down=mlp.down_proj.weight.detach(),
+                    down_bias=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
+                )
+            )
+        self.norm = model.decoder.norm.weight.detach()  # [H]
+
+    def new_cache(self, capacity: int = 512) -> LeanKV:
+        return LeanKV(len(self.layers), self.kv_heads, self.head_dim, self.dtype, self.device, capacity)
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm in float32, scaled by `weight` in the model dtype.  [L, H] -> [L, H]"""
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * x32.to(x.dtype)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [L, D] in the model dtype for integer positions [L]."""
+        freqs = positions[:, None].float() * self.inv_freq[None]  # [L, D / 2]
+        angles = torch.cat([freqs, freqs], dim=-1)  # [L, D]
+        return (angles.cos() * self.rope_scale).to(self.dtype), (angles.sin() * self.rope_scale).to(self.dtype)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x * cos + rotate_half(x) * sin, x: [heads, L, D], cos/sin: [L, D]."""
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # [heads, L, D]
+        return x * cos + rotated * sin
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        features: torch.Tensor,  # [L, H] target (or predicted) feature of each previous position
+        token_embeds: torch.Tensor,  # [L, H] embeddings of the tokens at these positions
+        positions: torch.Tensor,  # [L] long
+        mask: torch.Tensor,  # [L, past + L] additive (0 / dtype min), past = cache.length
+        cache: LeanKV,
+    ) -> torch.Tensor:
+        n, past = int(features.shape[0]), cache.length
+        if mask.shape != (n, past + n):
+            raise ValueError(f"mask must be [{n}, {past + n}] for {n} tokens after {past}, got {list(mask.shape)}")
+        cache.reserve(n)
+        total, g, d = past + n, self.groups, self.head_dim
+        q_width, kv_width = self.heads * d, self.kv_heads * d
+        # each key/value head serves g query heads: their rows share one attention call, so the mask repeats g times
+        att_mask = mask.to(self.dtype)[None].expand(g, n, total).reshape(1, 1, g * n, total)  # [1, 1, g L, S]
+        cos, sin = self._rope(positions)  # [L, D]
+        h = F.linear(torch.cat([features, token_embeds], dim=-1).to(self.dtype), self.fuse_w, self.fuse_b)  # [L, H]
+        for i, w in enumerate(self.layers):
+            qkv = F.linear(self._rms(h, w.ln1), w.qkv, w.qkv_bias)  # [L, (heads + 2 kv) D]
+            q = qkv[:, :q_width].view(n, self.heads, d).transpose(0, 1)  # [heads, L, D]
+            k = qkv[:, q_width : q_width + kv_width].view(n, self.kv_heads, d).transpose(0, 1)  # [kv, L, D]
+            v = qkv[:, q_width + kv_width :].view(n, self.kv_heads, d).transpose(0, 1)  # [kv, L, D]
+            cache.keys[i, :, past:total] = self._rotate(k, cos, sin)
+            cache.values[i, :, past:total] = v
+            q = self._rotate(q, cos, sin).reshape(self.kv_heads, g * n, d)  # [kv, g L, D]: head = kv * g + j
+            att = F.scaled_dot_product_attention(
+                q[None], cache.keys[i, :, :total][None], cache.values[i, :, :total][None], attn_mask=att_mask
+            )  # [1, kv, g L, D]
+            att = att.view(self.heads, n, d).transpose(0, 1).reshape(n, q_width)  # [L, heads D]
+            h = h + F.linear(att, w.o, w.o_bias)  # [L, H]
+            gate, up = F.linear(self._rms(h, w.ln2), w.gate_up, w.gate_up_bias).chunk(2, dim=-1)  # [L, I] each
+            h = h + F.linear(F.silu(gate) * up, w.down, w.down_bias)  # [L, H]
+        cache.length = total
+        return self._rms(h, self.norm)  # [L, H], final-normed like the target's last hidden state
