@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,14 +18,52 @@ from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
 from .base import Drafter, DraftSession
 
 
+@dataclass
+class ReducedHead:
+    """The draft's head restricted to the token ids it may propose (the target still verifies over its whole
+    vocabulary, so this only changes what the draft proposes, never the output). Costs K/V of the full head."""
+
+    ids: torch.Tensor  # [K] token ids
+    weight: torch.Tensor  # [K, H] rows of the draft's output embedding
+    bias: torch.Tensor | None  # [K]
+
+    @classmethod
+    def of(cls, model: PreTrainedModel, ids: Sequence[int]) -> ReducedHead:
+        head = model.get_output_embeddings()
+        text = getattr(model.config, "text_config", model.config)
+        if getattr(text, "final_logit_softcapping", None) or not hasattr(model, "model"):
+            raise ConfigError(f"a reduced draft head needs a plain linear head over `model.model`: {type(model)}")
+        index = torch.tensor(sorted(set(ids)), dtype=torch.long, device=head.weight.device)
+        if int(index.max()) >= head.weight.shape[0] or int(index.min()) < 0:
+            raise ConfigError(f"reduced head ids must lie in [0, {head.weight.shape[0]}): got {int(index.max())}")
+        bias = None if head.bias is None else head.bias.detach()[index]
+        return cls(ids=index, weight=head.weight.detach()[index].clone(), bias=bias)
+
+    def logits(self, hidden: torch.Tensor, vocab: int) -> torch.Tensor:
+        """hidden [K, H] -> float32 logits [K, vocab], -inf outside `ids`."""
+        rows = torch.nn.functional.linear(hidden, self.weight, self.bias).float()  # [K, n_ids]
+        out = torch.full((hidden.shape[0], vocab), -torch.inf, device=hidden.device)  # [K, vocab]
+        keep = self.ids < vocab
+        out[:, self.ids[keep]] = rows[:, keep]
+        return out
+
+
 class ModelSession(DraftSession):
     """Draft cache = committed tokens (minus the pending ones) + the tree nodes fed during this step.
 
     `pending` holds committed tokens the draft has not processed yet; its last element is always the root.
     """
 
-    def __init__(self, model: PreTrainedModel, prompt_ids: list[int], vocab_size: int, **inputs: Any):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prompt_ids: list[int],
+        vocab_size: int,
+        head: ReducedHead | None = None,
+        **inputs: Any,
+    ):
         self.model = model
+        self.head = head
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab = vocab_size
@@ -40,6 +80,16 @@ class ModelSession(DraftSession):
         self, ids: list[int], positions: list[int], mask: torch.Tensor | None, last_only: bool = False
     ) -> torch.Tensor:
         extra, self.model_inputs = self.model_inputs, {}
+        if self.head is not None:  # the base model's final hidden states through the reduced head
+            hidden = self.model.model(
+                input_ids=torch.tensor([ids], device=self.device),
+                position_ids=torch.tensor([positions], device=self.device),
+                attention_mask=mask,
+                past_key_values=self.cache,
+                use_cache=True,
+                **extra,
+            ).last_hidden_state[0]  # [K, H]
+            return self.head.logits(hidden[-1:] if last_only else hidden, self.vocab)  # [K, V]
         out = self.model(
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=torch.tensor([positions], device=self.device),
@@ -98,13 +148,23 @@ class ModelDrafter(Drafter):
 
     A VLM draft (llava) sees the images: its first forward gets its own pixel values (from its processor, else the
     target's), and the image tokens are re-expanded to its own count. A text LM given images sees the text only.
+    `head_ids` (default: the config's `specvlm_head_ids`, set by drafts trained for a narrow domain) restricts the
+    draft's proposals to those tokens and computes only their head rows, which is most of a small draft's cost.
     """
 
-    def __init__(self, model: PreTrainedModel, name: str = "model", processor: Any | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        name: str = "model",
+        processor: Any | None = None,
+        head_ids: Sequence[int] | None = None,
+    ):
         self.model = model.eval()
         self.name = name
         self.processor = processor
         self.handles_images = image_token_id(model.config) is not None
+        head_ids = head_ids if head_ids is not None else getattr(model.config, "specvlm_head_ids", None)
+        self.head = ReducedHead.of(self.model, head_ids) if head_ids else None
 
     def check_vocab(self, target_vocab: int, target_tokenizer: Any | None, draft_tokenizer: Any | None) -> None:
         """Every draft token must mean the same in the target (the target may have more, e.g. `<image>`)."""
@@ -139,4 +199,4 @@ class ModelDrafter(Drafter):
         if images is not None:  # the draft's own ids and pixel values (text LM: the ids without the image)
             prompt_ids, pixel_inputs = draft_image_inputs(self.model, self.processor, images, prompt_ids)
             inputs = {**inputs, **pixel_inputs}
-        return ModelSession(self.model, prompt_ids, vocab_size, **inputs)
+        return ModelSession(self.model, prompt_ids, vocab_size, self.head, **inputs)

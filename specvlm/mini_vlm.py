@@ -189,6 +189,9 @@ def materialise(folder: Path = TARGET_WEIGHTS) -> Path:
     lm, tok = load_embedded(LoadOptions(dtype=torch.float32, device=torch.device("cpu")))
     vlm = assemble(folder, lm)
     vlm.config.specvlm_embedded = "draft" if folder.name.endswith("draft") else "target"
+    head_ids = read_meta(folder).get("head_ids")
+    if head_ids:  # read by drafters.model.ModelDrafter: the draft proposes only these tokens
+        vlm.config.specvlm_head_ids = head_ids
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     vlm.save_pretrained(tmp)

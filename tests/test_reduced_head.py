@@ -1,0 +1,45 @@
+"""A model draft with a reduced head proposes only its token ids, equals the full head on them, and stays lossless."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, hf_greedy, random_prompts, tiny_llama
+
+import specvlm
+from drafters import ModelDrafter
+from specvlm.errors import ConfigError
+
+PROMPTS = random_prompts(6, seed=11)
+
+
+def test_reduced_head_equals_the_full_head_on_its_ids() -> None:
+    model = tiny_llama(seed=3)
+    ids = list(range(0, VOCAB, 3))
+    full, reduced = (
+        ModelDrafter(model).session(PROMPTS[0], VOCAB),
+        ModelDrafter(model, head_ids=ids).session(PROMPTS[0], VOCAB),
+    )
+    nodes, tokens, parents = [0, 1, 2], [PROMPTS[0][-1], 5, 7], [-1, 0, 0]
+    a, b = full.logits(nodes, tokens, parents), reduced.logits(nodes, tokens, parents)  # [3, V] each
+    assert torch.allclose(a[:, ids], b[:, ids], atol=1e-5)
+    others = [t for t in range(VOCAB) if t not in ids]
+    assert torch.isneginf(b[:, others]).all()
+
+
+@pytest.mark.parametrize("tree", ["chain", "dynamic", "static"])
+def test_reduced_head_draft_is_lossless(tree: str) -> None:
+    target = tiny_llama(seed=0)
+    half = list(range(0, VOCAB, 2))  # the draft can propose only even ids; the target still says the rest
+    dec = specvlm.load(target, ModelDrafter(tiny_llama(seed=0), head_ids=half))
+    accepted = 0
+    for prompt in PROMPTS:
+        got = dec.generate(prompt=prompt, max_new_tokens=16, tree=tree)
+        assert got.tokens == hf_greedy(target, prompt, 16)
+        accepted += got.stats.new_tokens - got.stats.target_calls
+    assert accepted > 0  # the draft (the target itself, restricted) still gets tokens accepted
+
+
+def test_reduced_head_refuses_ids_outside_the_vocabulary() -> None:
+    with pytest.raises(ConfigError, match="reduced head ids"):
+        ModelDrafter(tiny_llama(seed=0), head_ids=[1, VOCAB + 5])
