@@ -13,6 +13,7 @@ from transformers import DynamicCache, PreTrainedModel
 from specvlm.cache import keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
 from specvlm.tree import append_causal_mask, append_nodes_mask
+from specvlm.trees import tree_from_spec
 from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
 
 from .base import Drafter, DraftSession
@@ -165,6 +166,8 @@ class ModelDrafter(Drafter):
         self.handles_images = image_token_id(model.config) is not None
         head_ids = head_ids if head_ids is not None else getattr(model.config, "specvlm_head_ids", None)
         self.head = ReducedHead.of(self.model, head_ids) if head_ids else None
+        tree = getattr(model.config, "specvlm_default_tree", None)  # a draft trained for a domain: its best tree
+        self.default_tree = tree_from_spec(tree) if tree else None
 
     def check_vocab(self, target_vocab: int, target_tokenizer: Any | None, draft_tokenizer: Any | None) -> None:
         """Every draft token must mean the same in the target (the target may have more, e.g. `<image>`)."""

@@ -302,9 +302,8 @@ def train_draft(args: argparse.Namespace) -> dict[str, Any]:
     image_pos = torch.tensor([i for i, t in enumerate(prefix) if t == target.config.image_token_id])
     eos = int(tok.convert_tokens_to_ids("<|im_end|>"))
     cache = Path(args.data) / f"target-captions-{mini_vlm.fingerprint(Path(args.target_weights))}.json"
-    if cache.is_file():
-        made = json.loads(cache.read_text())
-    else:
+    made = json.loads(cache.read_text()) if cache.is_file() else {"train": [], "val": []}
+    if len(made["train"]) < len(train.ids) or len(made["val"]) < len(val.ids):  # first run, or more images asked
         made = {
             "train": greedy_captions(target, prefix, train.pixels, eos, 24),
             "val": greedy_captions(target, prefix, val.pixels, eos, 24),
@@ -356,7 +355,7 @@ def train_draft(args: argparse.Namespace) -> dict[str, Any]:
     # these (the target still verifies over the whole vocabulary)
     head_ids = sorted({t for caption in train_targets for t in caption} | {eos})
     print(f"draft: reduced head of {len(head_ids)} token ids (every token of the target's training captions)")
-    extra = {"training": meta, "head_ids": head_ids}
+    extra = {"training": meta, "head_ids": head_ids, "default_tree": {"name": "chain", "depth": args.chain_depth}}
     mini_vlm.save_trained(draft.eval(), Path(args.out), mini_vlm.DRAFT_SHARED, extra)
     return {"steps": step, "agreement_before": before, "agreement_after": after}
 
@@ -383,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aux-weight", type=float, default=0.2, help="attribute loss weight in stage 2")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--layers", type=int, default=1, help="draft decoder layers")
+    parser.add_argument(
+        "--chain-depth",
+        type=int,
+        default=12,
+        help="draft: its default tree, a chain this deep (12: best tokens/s of chains 6-14 and static/dynamic trees "
+        "on the 2-core CPU, python -m eval.coco_caption --limit 20 --depth N)",
+    )
     parser.add_argument("--train-images", type=int, default=None, help="draft: distil on this many images")
     parser.add_argument("--val-images", type=int, default=128)
     parser.add_argument("--eval-every", type=int, default=50)

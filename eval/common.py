@@ -33,10 +33,22 @@ TREE_FLAGS: dict[str, tuple[str, ...]] = {
     "nodes": ("opt",),
     "threshold": ("opt",),
     "max_depth": ("opt",),
+    "branching": ("static",),
 }
 
 
 # -- argument types ------------------------------------------------------------------------------------------------
+def branching_list(text: str) -> list[int]:
+    """'3,1,1' -> [3, 1, 1]: children per node at each level of a static tree."""
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, e.g. 3,1,1: {text!r}")
+    return widths
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -114,6 +126,12 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
         help="draft tree shape (default: the decoder's default; a shape flag alone picks its tree)",
     )
     group.add_argument("--growmap", metavar="PATH", help="static tree from a growmap file (JSON, or Sequoia .pt)")
+    group.add_argument(
+        "--branching",
+        type=branching_list,
+        metavar="LIST",
+        help="static tree: children per node at each level, e.g. 3,1,1,1 (3 first tokens, each a chain of 3)",
+    )
     group.add_argument(
         "--B", "--budget", dest="budget", type=positive_int, metavar="INT", help="dynamic tree: token budget B"
     )
@@ -201,6 +219,8 @@ def tree_from_args(args: argparse.Namespace) -> TreeBuilder | str | None:
                 f"{_flag(key)} does not shape --tree {name}: it is for --tree {TREE_FLAGS[key][0]}"
             )
     shape = {key: getattr(args, key) for key in given}
+    if name == "static":
+        return specvlm.BranchingTree(shape["branching"])
     if name == "chain":
         return specvlm.ChainTree(**shape)
     if name == "dynamic":

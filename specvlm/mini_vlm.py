@@ -189,9 +189,11 @@ def materialise(folder: Path = TARGET_WEIGHTS) -> Path:
     lm, tok = load_embedded(LoadOptions(dtype=torch.float32, device=torch.device("cpu")))
     vlm = assemble(folder, lm)
     vlm.config.specvlm_embedded = "draft" if folder.name.endswith("draft") else "target"
-    head_ids = read_meta(folder).get("head_ids")
-    if head_ids:  # read by drafters.model.ModelDrafter: the draft proposes only these tokens
-        vlm.config.specvlm_head_ids = head_ids
+    meta = read_meta(folder)
+    if meta.get("head_ids"):  # read by drafters.model.ModelDrafter: the draft proposes only these tokens
+        vlm.config.specvlm_head_ids = meta["head_ids"]
+    if meta.get("default_tree"):  # ... and drafts with this tree unless told otherwise
+        vlm.config.specvlm_default_tree = meta["default_tree"]
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     vlm.save_pretrained(tmp)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .builders import Autoregressive, BranchingTree, ChainTree, DynamicTree, OptTree, TreeBuilder
 from .errors import ConfigError
 
@@ -33,3 +36,25 @@ def make_tree(tree: TreeBuilder | str | None, default: TreeBuilder | None = None
     if name in ("opt", "opttree", "opt-tree"):
         return OptTree()
     raise ConfigError(f"unknown tree {tree!r}: choose one of {', '.join(TREE_NAMES)} or pass a builder object")
+
+
+#: builders a saved draft may name as its default tree, with their keyword arguments
+_BUILDERS: dict[str, Callable[..., TreeBuilder]] = {
+    "chain": ChainTree,
+    "static": BranchingTree,
+    "dynamic": DynamicTree,
+    "opt": OptTree,
+}
+
+
+def tree_from_spec(spec: dict[str, Any]) -> TreeBuilder:
+    """A builder from a JSON-able spec saved with a draft, e.g. {"name": "chain", "depth": 8} or
+    {"name": "static", "branching": [2, 1, 1]}."""
+    kwargs = dict(spec)
+    name = str(kwargs.pop("name", ""))
+    if name not in _BUILDERS:
+        raise ConfigError(f"a draft's default tree {spec!r} must name one of {', '.join(_BUILDERS)}")
+    try:
+        return _BUILDERS[name](**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"a draft's default tree {spec!r} has arguments {name} does not take: {err}") from err

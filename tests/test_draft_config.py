@@ -1,4 +1,5 @@
-"""A model draft with a reduced head proposes only its token ids, equals the full head on them, and stays lossless."""
+"""What a saved model draft brings in its config: a reduced head (it proposes only those token ids, equals the full
+head on them, and stays lossless) and its default tree."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from conftest import VOCAB, hf_greedy, random_prompts, tiny_llama
 
 import specvlm
 from drafters import ModelDrafter
+from specvlm.builders import ChainTree, DynamicTree
 from specvlm.errors import ConfigError
+from specvlm.trees import tree_from_spec
 
 PROMPTS = random_prompts(6, seed=11)
 
@@ -43,3 +46,20 @@ def test_reduced_head_draft_is_lossless(tree: str) -> None:
 def test_reduced_head_refuses_ids_outside_the_vocabulary() -> None:
     with pytest.raises(ConfigError, match="reduced head ids"):
         ModelDrafter(tiny_llama(seed=0), head_ids=[1, VOCAB + 5])
+
+
+def test_a_draft_brings_its_default_tree_from_its_config() -> None:
+    draft = tiny_llama(seed=0)
+    draft.config.specvlm_default_tree = {"name": "chain", "depth": 9}
+    dec = specvlm.load(tiny_llama(seed=0), ModelDrafter(draft))
+    assert dec.default_tree == ChainTree(depth=9)
+    assert specvlm.load(tiny_llama(seed=0), ModelDrafter(tiny_llama(seed=0))).default_tree != ChainTree(depth=9)
+
+
+def test_tree_specs() -> None:
+    assert tree_from_spec({"name": "dynamic", "budget": 8, "depth": 3}) == DynamicTree(budget=8, depth=3)
+    assert tree_from_spec({"name": "static", "branching": [2, 1]}).name == "static"
+    with pytest.raises(ConfigError, match="must name one of"):
+        tree_from_spec({"name": "bushy"})
+    with pytest.raises(ConfigError, match="does not take"):
+        tree_from_spec({"name": "chain", "width": 3})

@@ -1,0 +1,29 @@
+"""The eval CLIs' tree shape flags turn into the builders they name, and wrong combinations say what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+import specvlm
+from eval.cnn_text import build_parser
+from eval.common import tree_from_args
+
+
+def tree_of(*argv: str) -> specvlm.TreeBuilder | str | None:
+    return tree_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_shape_flags_pick_their_tree() -> None:
+    assert tree_of("--branching", "3,1,1") == specvlm.BranchingTree([3, 1, 1])
+    assert tree_of("--tree", "static", "--branching", "2,2") == specvlm.BranchingTree([2, 2])
+    assert tree_of("--depth", "9", "--tree", "chain") == specvlm.ChainTree(depth=9)
+    assert tree_of("--B", "12") == specvlm.DynamicTree(budget=12)
+    assert tree_of("--tree", "opt") == "opt"
+
+
+def test_branching_flag_refuses_bad_lists_and_other_trees(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        tree_of("--branching", "2,0,1")
+    assert "positive integers" in capsys.readouterr().err
+    with pytest.raises(specvlm.ConfigError, match="--branching does not shape --tree chain"):
+        tree_of("--tree", "chain", "--branching", "2,1")
