@@ -212,6 +212,9 @@ def test_generate_with_an_image_uses_the_embedded_vlm() -> None:
     got = specvlm.generate(str(path), "Describe the image in one sentence.", max_new_tokens=20)
     dec = specvlm.api.default_decoder(True)
     assert mini_vlm.is_embedded_target(dec.target.model) and "draft" in dec.drafter.name
+    # the shipped draft brings its reduced head and its chain, and its proposals are taken (9 tokens in 2 calls)
+    assert dec.drafter.head is not None and dec.default_tree == specvlm.ChainTree(depth=12)
+    assert got.stats.mean_accepted >= 3, got.stats.steps
     with Image.open(path) as img:
         _, want = hf_greedy_caption(dec, img.convert("RGB"), 20)
     assert got.tokens == want and got.text.strip()
