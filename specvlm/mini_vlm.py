@@ -188,8 +188,9 @@ def materialise(folder: Path = TARGET_WEIGHTS) -> Path:
         return out
     lm, tok = load_embedded(LoadOptions(dtype=torch.float32, device=torch.device("cpu")))
     vlm = assemble(folder, lm)
-    vlm.config.specvlm_embedded = "draft" if folder.name.endswith("draft") else "target"
     meta = read_meta(folder)
+    # the target keeps all of SmolLM2's language model; a draft only its embeddings (whatever the folder is called)
+    vlm.config.specvlm_embedded = "target" if tuple(meta["shared_from_smollm2"]) == TARGET_SHARED else "draft"
     if meta.get("head_ids"):  # read by drafters.model.ModelDrafter: the draft proposes only these tokens
         vlm.config.specvlm_head_ids = meta["head_ids"]
     if meta.get("default_tree"):  # ... and drafts with this tree unless told otherwise

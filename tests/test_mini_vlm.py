@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import asdict
 from itertools import product
 from pathlib import Path
@@ -141,6 +142,16 @@ def test_materialised_folder_loads_as_a_plain_hf_llava(
         a = hf(**batch).logits
         b = mem(**batch).logits
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_materialised_draft_is_never_taken_for_the_target(
+    fresh_pair: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPECVLM_CACHE", str(tmp_path / "cache"))
+    renamed = tmp_path / "my-run-2"  # a training output folder: its name says nothing
+    shutil.copytree(fresh_pair[1], renamed)
+    draft = LlavaForConditionalGeneration.from_pretrained(mini_vlm.materialise(renamed))
+    assert draft.config.specvlm_embedded == "draft" and not mini_vlm.is_embedded_target(draft)
 
 
 @pytest.fixture(scope="module")
