@@ -22,7 +22,8 @@ from .base import Drafter, DraftSession
 @dataclass
 class ReducedHead:
     """The draft's head restricted to the token ids it may propose (the target still verifies over its whole
-    vocabulary, so this only changes what the draft proposes, never the output). Costs K/V of the full head."""
+    vocabulary, so this only changes what the draft proposes, never the output). Costs len(ids) / vocab of the full
+    head's matmul."""
 
     ids: torch.Tensor  # [K] token ids
     weight: torch.Tensor  # [K, H] rows of the draft's output embedding
@@ -36,7 +37,8 @@ class ReducedHead:
             raise ConfigError(f"a reduced draft head needs a plain linear head over `model.model`: {type(model)}")
         index = torch.tensor(sorted(set(ids)), dtype=torch.long, device=head.weight.device)
         if int(index.max()) >= head.weight.shape[0] or int(index.min()) < 0:
-            raise ConfigError(f"reduced head ids must lie in [0, {head.weight.shape[0]}): got {int(index.max())}")
+            bad = int(index.max()) if int(index.max()) >= head.weight.shape[0] else int(index.min())
+            raise ConfigError(f"reduced head ids must lie in [0, {head.weight.shape[0]}): got {bad}")
         bias = None if head.bias is None else head.bias.detach()[index]
         return cls(ids=index, weight=head.weight.detach()[index].clone(), bias=bias)
 
