@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from eval.common import (
     add_io_args,
     add_model_args,
     check_sampling,
+    hf_run,
     load_decoder,
     markdown_table,
     pyplot,
@@ -88,37 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _hf_run(dec: Any, method: str, ids: list[int], args: argparse.Namespace) -> tuple[list[int], float] | None:
-    import torch
-
-    model = dec.target.model
-    kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0}
-    if args.temperature > 0:
-        kwargs.update(temperature=args.temperature, top_p=args.top_p, top_k=0)
-    if method == "hf_prompt_lookup":
-        kwargs["prompt_lookup_num_tokens"] = args.prompt_lookup_tokens
-    elif method == "hf_assisted":
-        from drafters.model import ModelDrafter
-
-        if not isinstance(dec.drafter, ModelDrafter):
-            return None  # assisted generation needs a standalone causal LM draft (not n-grams, not a feature draft)
-        kwargs["assistant_model"] = dec.drafter.model
-    elif method == "hf_early_exit":  # HF's layer-skip self-draft (LayerSkip), on the target's own first layers
-        kwargs["assistant_early_exit"] = args.early_exit
-    input_ids = torch.tensor([ids], device=dec.target.device)
-    eos = sorted(dec.target.eos)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            pad_token_id=eos[0] if eos else 0,
-            eos_token_id=eos or None,
-            **kwargs,
-        )
-    return out[0, len(ids) :].tolist(), time.perf_counter() - start
-
-
 def load_prompts(args: argparse.Namespace, dec: Any) -> list[tuple[str, list[int]]]:
     """(id, prompt ids) for the selected samples; 'mixed' alternates articles with held-out questions/instructions."""
     if args.dataset != "mixed":
@@ -175,7 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         reference: list[int] | None = None
         for method in methods:
             if method.startswith("hf_"):
-                got = _hf_run(dec, method, ids, args)
+                got = hf_run(
+                    dec,
+                    method,
+                    ids,
+                    max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature,
+                    top_p=args.top_p,
+                    prompt_lookup_tokens=args.prompt_lookup_tokens,
+                    early_exit=args.early_exit,
+                )
                 if got is None:
                     skipped.add(method)
                     continue

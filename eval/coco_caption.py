@@ -28,6 +28,7 @@ from eval.common import (
     check_writable,
     cli_parser,
     describe_tree,
+    hf_run,
     load_decoder,
     markdown_table,
     pyplot,
@@ -73,6 +74,7 @@ and projector, the image prefix in its own cache), a text LM with the target's t
 prefill; the second table splits the prefill (target with the image, draft) from the per-step time.
 """
 
+HF_METHODS = ("hf_generate", "hf_assisted")
 EMBEDDED_TARGET = "embedded-vlm"
 #: the drafts compared by default on the embedded mini VLM: its llava draft and the shipped text draft
 EMBEDDED_DRAFTS = ("embedded-vlm-draft", "trained")
@@ -98,10 +100,21 @@ class Run:
 
 
 @dataclass
+class HFSums:
+    """One HF `generate` baseline (--hf) over the images: new tokens, seconds, outputs equal to specvlm-ar's."""
+
+    images: int = 0
+    identical: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
 class Runs:
     """One Run per draft (same images, same baseline) and the attribute hits of the baseline captions."""
 
     runs: dict[str, Run] = field(default_factory=dict)
+    hf: dict[str, HFSums] = field(default_factory=dict)
     attributes: Counter[str] = field(default_factory=Counter)
     scored: int = 0
 
@@ -128,7 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", metavar="FILE", help="PNG of tokens accepted per step (default: next to --out or the JSONL)"
     )
     run.add_argument("--save-text", action="store_true", help="also store the baseline text and the reference captions")
+    run.add_argument(
+        "--hf",
+        type=hf_methods,
+        default=[],
+        metavar="LIST",
+        help=f"also time HF generate on the same images: comma-separated from {', '.join(HF_METHODS)} "
+        "(hf_assisted: assistant_model= the first --draft, which must be a model)",
+    )
     return parser
+
+
+def hf_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in HF_METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown HF baseline(s) {bad}: choose from {', '.join(HF_METHODS)}")
+    return methods
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -181,6 +210,27 @@ def generate(dec: Decoder, image: Any, tree: TreeBuilder | str, args: argparse.N
         top_p=args.top_p,
         seed=args.seed,
     )
+
+
+def hf_caption(dec: Decoder, image: Any, method: str, args: argparse.Namespace, n: int) -> tuple[list[int], float]:
+    """HF `generate` (alone or assisted by the decoder's draft model) on the same prompt ids and pixel values."""
+    import specvlm
+
+    request = dec.request(
+        image, args.prompt, max_new_tokens=n, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
+    got = hf_run(
+        dec,
+        method,
+        list(request.prompt_ids),
+        max_new_tokens=n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        model_inputs=request.model_inputs,
+    )
+    if got is None:
+        raise specvlm.ConfigError(f"--hf {method} needs a model draft (a llava or a text LM) as the first --draft")
+    return got
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -275,6 +325,20 @@ def table(runs: Runs, trees: dict[str, str]) -> str:
             "tree size": first.baseline.tree_size,
         }
     ]
+    for method, hf in runs.hf.items():
+        rows.append(
+            {
+                "method": method,
+                "draft": next(iter(runs.runs)) if method == "hf_assisted" else "-",
+                "images": hf.images,
+                "identical": f"{hf.identical}/{hf.images}",
+                "new tokens": hf.tokens,
+                "tok/s": round(hf.tokens / hf.seconds, 3) if hf.seconds else None,
+                "speedup": _ratio(hf.tokens / hf.seconds if hf.seconds else None, first.baseline.tok_s),
+                "tokens/call": "-",
+                "tree size": "-",
+            }
+        )
     for name, run in runs.runs.items():
         rows.append(
             {
@@ -427,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     part = shard.part(jsonl)  # the JSONL itself for one process
     write_jsonl(part, [])  # create / truncate now; records are appended as images finish
 
-    runs = Runs({name: Run() for name, _ in decs})
+    runs = Runs({name: Run() for name, _ in decs}, {method: HFSums() for method in args.hf})
     placed: list[Placed] = []
     warmed = False
     bar = tqdm(shard.take(samples), desc=shard.label(CLI), unit="image", file=sys.stderr, dynamic_ncols=True)
@@ -438,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name, d in decs:
                     generate(d, image, builders[name], args, 4)
                 generate(dec, image, "ar", args, 4)
+                for method in args.hf:
+                    hf_caption(dec, image, method, args, 4)
                 warmed = True
             base = generate(dec, image, "ar", args, args.max_new_tokens)
         except (specvlm.ImageError, specvlm.PromptError) as err:
@@ -460,6 +526,15 @@ def main(argv: list[str] | None = None) -> int:
             run.identical += spec.tokens == base.tokens
             placed.append((pos, sample_record(sample, spec, base, args.save_text, name)))
             write_jsonl(part, [placed[-1][1]], append=True)
+        for method, hf in runs.hf.items():
+            tokens, seconds = hf_caption(dec, image, method, args, args.max_new_tokens)
+            hf.images += 1
+            hf.identical += tokens == base.tokens
+            hf.tokens += len(tokens)
+            hf.seconds += seconds
+            record = {"id": sample.id, "file": sample.path.name, "method": method, "identical": tokens == base.tokens}
+            placed.append((pos, {**record, "new_tokens": len(tokens), "seconds": round(seconds, 4)}))
+            write_jsonl(part, [placed[-1][1]], append=True)
         first = runs.runs[decs[0][0]]
         speed = _ratio(first.spec.tok_s, first.baseline.tok_s)
         bar.set_postfix(speedup="-" if speed is None else f"{speed:.2f}x", tok_call=f"{first.spec.tokens_per_call:.2f}")
@@ -474,6 +549,15 @@ def main(argv: list[str] | None = None) -> int:
     result = summary(run)
     result["drafts"] = {name: summary(r) for name, r in runs.runs.items()}
     result["attribute_accuracy"] = attribute_accuracy(runs)
+    result["hf"] = {
+        method: {
+            "images": hf.images,
+            "identical": hf.identical,
+            "tok_s": _round(hf.tokens / hf.seconds if hf.seconds else None),
+            "speedup": _ratio(hf.tokens / hf.seconds if hf.seconds else None, run.baseline.tok_s),
+        }
+        for method, hf in runs.hf.items()
+    }
     cost = prefix_cost(run)
     plotted = plot_accepted(
         plot, run.spec.accepted, f"{CLI}: {trees[first_name]}, draft {first_name}, {run.images} images"

@@ -482,3 +482,55 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         ("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(width, numeric, strict=True)
     )
     return "\n".join([line(columns), rule + "|", *(line(r) for r in cells)])
+
+
+# -- HF baselines --------------------------------------------------------------------------------------------------
+def hf_run(
+    dec: Decoder,
+    method: str,
+    ids: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    prompt_lookup_tokens: int = 10,
+    early_exit: int = 4,
+    model_inputs: dict[str, Any] | None = None,
+) -> tuple[list[int], float] | None:
+    """One HF `generate` call on the decoder's target: `hf_generate` (alone), `hf_prompt_lookup`, `hf_assisted`
+    (`assistant_model=` the decoder's draft model) or `hf_early_exit`. Returns the new tokens up to and including
+    the first EOS and the seconds it took, or None when the method cannot run with this draft. `model_inputs`
+    (e.g. pixel_values) go to the call as they are."""
+    import torch
+
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    if method == "hf_prompt_lookup":
+        kwargs["prompt_lookup_num_tokens"] = prompt_lookup_tokens
+    elif method == "hf_assisted":
+        from drafters.model import ModelDrafter
+
+        if not isinstance(dec.drafter, ModelDrafter):
+            return None  # assisted generation needs a standalone causal LM draft (not n-grams, not a feature draft)
+        kwargs["assistant_model"] = dec.drafter.model
+    elif method == "hf_early_exit":  # HF's layer-skip self-draft (LayerSkip), on the target's own first layers
+        kwargs["assistant_early_exit"] = early_exit
+    elif method != "hf_generate":
+        raise ValueError(f"unknown HF method {method!r}")
+    input_ids = torch.tensor([ids], device=dec.target.device)
+    eos = sorted(dec.target.eos)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = dec.target.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pad_token_id=eos[0] if eos else 0,
+            eos_token_id=eos or None,
+            **kwargs,
+            **(model_inputs or {}),
+        )
+    seconds = time.perf_counter() - start
+    new = out[0, len(ids) :].tolist()
+    end = next((i for i, t in enumerate(new) if t in dec.target.eos), None)
+    return (new if end is None else new[: end + 1]), seconds

@@ -236,8 +236,11 @@ def test_coco_caption_defaults_run_the_pair(tmp_path: Path, capsys: pytest.Captu
     from eval import coco_caption
 
     out = tmp_path / "coco.json"
-    assert coco_caption.main(["--limit", "2", "--max-new-tokens", "12", "--out", str(out)]) == 0
+    argv = ["--limit", "2", "--max-new-tokens", "12", "--hf", "hf_generate,hf_assisted", "--out", str(out)]
+    assert coco_caption.main(argv) == 0
     result = json.loads(out.read_text())["summary"]
+    # HF generate alone and assisted by the llava draft (assistant_model=) give the same captions, timed alongside
+    assert {m: r["identical"] for m, r in result["hf"].items()} == {"hf_generate": 2, "hf_assisted": 2}
     assert len(result["drafts"]) == 2 and any("text only" in name for name in result["drafts"])
     for summary in result["drafts"].values():
         assert summary["images"] == 2 and summary["identical"] == 2
