@@ -528,11 +528,12 @@ def main(argv: list[str] | None = None) -> int:
             write_jsonl(part, [placed[-1][1]], append=True)
         for method, hf in runs.hf.items():
             tokens, seconds = hf_caption(dec, image, method, args, args.max_new_tokens)
+            same = tokens == base.tokens
             hf.images += 1
-            hf.identical += tokens == base.tokens
+            hf.identical += same
             hf.tokens += len(tokens)
             hf.seconds += seconds
-            record = {"id": sample.id, "file": sample.path.name, "method": method, "identical": tokens == base.tokens}
+            record = {"id": sample.id, "file": sample.path.name, "method": method, "identical": same}
             placed.append((pos, {**record, "new_tokens": len(tokens), "seconds": round(seconds, 4)}))
             write_jsonl(part, [placed[-1][1]], append=True)
         first = runs.runs[decs[0][0]]

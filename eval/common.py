@@ -38,15 +38,15 @@ TREE_FLAGS: dict[str, tuple[str, ...]] = {
 
 
 # -- argument types ------------------------------------------------------------------------------------------------
-def branching_list(text: str) -> list[int]:
-    """'3,1,1' -> [3, 1, 1]: children per node at each level of a static tree."""
+def positive_int_list(text: str) -> list[int]:
+    """'3,1,1' -> [3, 1, 1], in the given order (e.g. a static tree's children per node at each level)."""
     try:
-        widths = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        widths = []
-    if not widths or min(widths) < 1:
+        values = []
+    if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, e.g. 3,1,1: {text!r}")
-    return widths
+    return values
 
 
 def positive_int(text: str) -> int:
@@ -128,7 +128,7 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--growmap", metavar="PATH", help="static tree from a growmap file (JSON, or Sequoia .pt)")
     group.add_argument(
         "--branching",
-        type=branching_list,
+        type=positive_int_list,
         metavar="LIST",
         help="static tree: children per node at each level, e.g. 3,1,1,1 (3 first tokens, each a chain of 3)",
     )

@@ -13,13 +13,18 @@ from typing import Any
 from tqdm import tqdm
 
 from eval.bench import load_prompts
-from eval.common import add_io_args, add_model_args, load_decoder, markdown_table, result_paths, run_cli, write_json
+from eval.common import (
+    add_io_args,
+    add_model_args,
+    load_decoder,
+    markdown_table,
+    positive_int_list,
+    result_paths,
+    run_cli,
+    write_json,
+)
 
 CLI = "sweep"
-
-
-def int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-field", default="article")
     parser.add_argument("--ref-field", default="highlights")
     parser.add_argument("--max-article-tokens", type=int, default=768)
-    parser.add_argument("--budgets", type=int_list, default=[8, 12, 16, 24], help="dynamic tree budgets B")
-    parser.add_argument("--depths", type=int_list, default=[4, 6, 8], help="tree depths (also chain depths)")
+    parser.add_argument("--budgets", type=positive_int_list, default=[8, 12, 16, 24], help="dynamic tree budgets B")
+    parser.add_argument("--depths", type=positive_int_list, default=[4, 6, 8], help="tree depths (also chain depths)")
     parser.add_argument("--topk", type=int, default=4, help="dynamic tree: children per expanded node")
     add_model_args(parser)
     add_io_args(parser)

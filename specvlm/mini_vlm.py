@@ -149,11 +149,16 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def is_target_meta(meta: dict[str, Any]) -> bool:
+    """The target keeps all of SmolLM2's language model; a draft only its embeddings (whatever its folder is called)."""
+    return tuple(meta["shared_from_smollm2"]) == TARGET_SHARED
+
+
 def assemble(folder: Path, lm: PreTrainedModel) -> LlavaForConditionalGeneration:
     """The llava in memory: trained weights from `folder`, the rest from `lm` (the embedded SmolLM2)."""
     meta = read_meta(folder)
     shared = tuple(meta["shared_from_smollm2"])
-    text_config = None if shared == TARGET_SHARED else LlamaConfig.from_dict(meta["text_config"])
+    text_config = None if is_target_meta(meta) else LlamaConfig.from_dict(meta["text_config"])
     vlm = new_vlm(lm, text_config)
     state = load_file(str(folder / TRAINED_FILE))
     missing = [k for k in trained_state(vlm, shared) if k not in state]
@@ -189,8 +194,7 @@ def materialise(folder: Path = TARGET_WEIGHTS) -> Path:
     lm, tok = load_embedded(LoadOptions(dtype=torch.float32, device=torch.device("cpu")))
     vlm = assemble(folder, lm)
     meta = read_meta(folder)
-    # the target keeps all of SmolLM2's language model; a draft only its embeddings (whatever the folder is called)
-    vlm.config.specvlm_embedded = "target" if tuple(meta["shared_from_smollm2"]) == TARGET_SHARED else "draft"
+    vlm.config.specvlm_embedded = "target" if is_target_meta(meta) else "draft"
     if meta.get("head_ids"):  # read by drafters.model.ModelDrafter: the draft proposes only these tokens
         vlm.config.specvlm_head_ids = meta["head_ids"]
     if meta.get("default_tree"):  # ... and drafts with this tree unless told otherwise
