@@ -22,6 +22,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaModel, PreTrainedModel
 
 from specvlm.cache import keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
+from specvlm.packed import PackedWeight
 from specvlm.tree import append_causal_mask, append_nodes_mask
 
 from .base import Drafter, DraftSession
@@ -215,14 +216,14 @@ class FeatureDrafter(Drafter):
         self.device = head.device
         self.dtype = next(model.parameters()).dtype
         self.head_ids = model.head_ids.to(self.device)  # [K]
-        self.head = head.detach()[self.head_ids].to(self.dtype)  # [K, H] a gathered copy of K rows
+        self.head = PackedWeight(head.detach()[self.head_ids].to(self.dtype))  # [K, H] a gathered copy of K rows
         self.vocab = int(head.shape[0])
         use_lean = lean and rope_type(cfg) not in DYNAMIC_ROPE
         self.lean: LeanFeatureForward | None = LeanFeatureForward(self.model) if use_lean else None
 
     def full_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Reduced-head logits scattered into the target vocabulary (other tokens -inf): [K, H] -> [K, V]."""
-        small = (feats.to(self.dtype) @ self.head.T).float()  # [K, K_head]
+        small = self.head(feats.to(self.dtype)).float()  # [K, K_head]
         full = torch.full((feats.shape[0], self.vocab), -torch.inf, device=feats.device)
         return full.index_copy_(1, self.head_ids, small)
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig
 
+from specvlm.packed import PackedWeight
+
 #: rope types whose frequencies change with the sequence length at run time (not supported by the lean forward)
 DYNAMIC_ROPE = ("dynamic", "longrope")
 
@@ -91,21 +93,22 @@ class LeanKV:
 @dataclass(frozen=True)
 class _Layer:
     ln1: torch.Tensor  # [H]
-    qkv: torch.Tensor  # [(heads + 2 kv_heads) * D, H]
-    qkv_bias: torch.Tensor | None
-    o: torch.Tensor  # [H, heads * D]
-    o_bias: torch.Tensor | None
+    qkv: PackedWeight  # [(heads + 2 kv_heads) * D, H]
+    o: PackedWeight  # [H, heads * D]
     ln2: torch.Tensor  # [H]
-    gate_up: torch.Tensor  # [2 I, H]
-    gate_up_bias: torch.Tensor | None
-    down: torch.Tensor  # [H, I]
-    down_bias: torch.Tensor | None
+    gate_up: PackedWeight  # [2 I, H]
+    down: PackedWeight  # [H, I]
 
 
-def _cat_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
-    if linears[0].bias is None:
-        return None
-    return torch.cat([lin.bias.detach() for lin in linears])
+def _joined(*linears: torch.nn.Linear) -> PackedWeight:
+    """One linear map for several of the same input: their rows (and biases) stacked."""
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    bias = None if linears[0].bias is None else torch.cat([lin.bias.detach() for lin in linears])
+    return PackedWeight(weight, bias)
+
+
+def _single(lin: torch.nn.Linear) -> PackedWeight:
+    return PackedWeight(lin.weight, lin.bias)
 
 
 class LeanFeatureForward:
@@ -120,10 +123,9 @@ class LeanFeatureForward:
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
         self.groups = self.heads // self.kv_heads  # query heads per key/value head
         self.eps = float(cfg.rms_norm_eps)
-        self.fuse_w = model.fuse.weight.detach()  # [H, 2H]
-        self.fuse_b = None if model.fuse.bias is None else model.fuse.bias.detach()  # [H]
-        self.dtype = self.fuse_w.dtype
-        self.device = self.fuse_w.device
+        self.fuse = _single(model.fuse)  # [H, 2H]
+        self.dtype = self.fuse.weight.dtype
+        self.device = self.fuse.weight.device
         inv_freq, self.rope_scale = rope_frequencies(cfg)
         self.inv_freq = inv_freq.to(self.device)  # [D / 2] float32
         self.layers: list[_Layer] = []
@@ -132,15 +134,11 @@ class LeanFeatureForward:
             self.layers.append(
                 _Layer(
                     ln1=layer.input_layernorm.weight.detach(),
-                    qkv=torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).detach(),
-                    qkv_bias=_cat_bias(att.q_proj, att.k_proj, att.v_proj),
-                    o=att.o_proj.weight.detach(),
-                    o_bias=None if att.o_proj.bias is None else att.o_proj.bias.detach(),
+                    qkv=_joined(att.q_proj, att.k_proj, att.v_proj),
+                    o=_single(att.o_proj),
                     ln2=layer.post_attention_layernorm.weight.detach(),
-                    gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                    gate_up_bias=_cat_bias(mlp.gate_proj, mlp.up_proj),
-                    down=mlp.down_proj.weight.detach(),
-                    down_bias=None if mlp.down_proj.bias is None else mlp.down_proj.bias.detach(),
+                    gate_up=_joined(mlp.gate_proj, mlp.up_proj),
+                    down=_single(mlp.down_proj),
                 )
             )
         self.norm = model.decoder.norm.weight.detach()  # [H]
@@ -185,9 +183,9 @@ class LeanFeatureForward:
         # each key/value head serves g query heads: their rows share one attention call, so the mask repeats g times
         att_mask = mask.to(self.dtype)[None].expand(g, n, total).reshape(1, 1, g * n, total)  # [1, 1, g L, S]
         cos, sin = self._rope(positions)  # [L, D]
-        h = F.linear(torch.cat([features, token_embeds], dim=-1).to(self.dtype), self.fuse_w, self.fuse_b)  # [L, H]
+        h = self.fuse(torch.cat([features, token_embeds], dim=-1).to(self.dtype))  # [L, H]
         for i, w in enumerate(self.layers):
-            qkv = F.linear(self._rms(h, w.ln1), w.qkv, w.qkv_bias)  # [L, (heads + 2 kv) D]
+            qkv = w.qkv(self._rms(h, w.ln1))  # [L, (heads + 2 kv) D]
             q = qkv[:, :q_width].view(n, self.heads, d).transpose(0, 1)  # [heads, L, D]
             k = qkv[:, q_width : q_width + kv_width].view(n, self.kv_heads, d).transpose(0, 1)  # [kv, L, D]
             v = qkv[:, q_width + kv_width :].view(n, self.kv_heads, d).transpose(0, 1)  # [kv, L, D]
@@ -198,8 +196,8 @@ class LeanFeatureForward:
                 q[None], cache.keys[i, :, :total][None], cache.values[i, :, :total][None], attn_mask=att_mask
             )  # [1, kv, g L, D]
             att = att.view(self.heads, n, d).transpose(0, 1).reshape(n, q_width)  # [L, heads D]
-            h = h + F.linear(att, w.o, w.o_bias)  # [L, H]
-            gate, up = F.linear(self._rms(h, w.ln2), w.gate_up, w.gate_up_bias).chunk(2, dim=-1)  # [L, I] each
-            h = h + F.linear(F.silu(gate) * up, w.down, w.down_bias)  # [L, H]
+            h = h + w.o(att)  # [L, H]
+            gate, up = w.gate_up(self._rms(h, w.ln2)).chunk(2, dim=-1)  # [L, I] each
+            h = h + w.down(F.silu(gate) * up)  # [L, H]
         cache.length = total
         return self._rms(h, self.norm)  # [L, H], final-normed like the target's last hidden state

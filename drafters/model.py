@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from specvlm.cache import keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
+from specvlm.packed import PackedLinears, maybe_pack
 from specvlm.tree import append_causal_mask, append_nodes_mask
 from specvlm.trees import tree_from_spec
 from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
@@ -63,10 +65,12 @@ class ModelSession(DraftSession):
         prompt_ids: list[int],
         vocab_size: int,
         head: ReducedHead | None = None,
+        packed: PackedLinears | None = None,
         **inputs: Any,
     ):
         self.model = model
         self.head = head
+        self.packed = packed
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab = vocab_size
@@ -83,6 +87,12 @@ class ModelSession(DraftSession):
         self, ids: list[int], positions: list[int], mask: torch.Tensor | None, last_only: bool = False
     ) -> torch.Tensor:
         extra, self.model_inputs = self.model_inputs, {}
+        with self.packed.active() if self.packed is not None else contextlib.nullcontext():
+            return self._forward_plain(ids, positions, mask, last_only, extra)
+
+    def _forward_plain(
+        self, ids: list[int], positions: list[int], mask: torch.Tensor | None, last_only: bool, extra: dict[str, Any]
+    ) -> torch.Tensor:
         if self.head is not None:  # the base model's final hidden states through the reduced head
             hidden = self.model.model(
                 input_ids=torch.tensor([ids], device=self.device),
@@ -168,6 +178,7 @@ class ModelDrafter(Drafter):
         self.handles_images = image_token_id(model.config) is not None
         head_ids = head_ids if head_ids is not None else getattr(model.config, "specvlm_head_ids", None)
         self.head = ReducedHead.of(self.model, head_ids) if head_ids else None
+        self.packed = maybe_pack(self.model, None)  # CPU float32: oneDNN-packed linears (specvlm/packed.py)
         tree = getattr(model.config, "specvlm_default_tree", None)  # a draft trained for a domain: its best tree
         self.default_tree = tree_from_spec(tree) if tree else None
 
@@ -204,4 +215,4 @@ class ModelDrafter(Drafter):
         if images is not None:  # the draft's own ids and pixel values (text LM: the ids without the image)
             prompt_ids, pixel_inputs = draft_image_inputs(self.model, self.processor, images, prompt_ids)
             inputs = {**inputs, **pixel_inputs}
-        return ModelSession(self.model, prompt_ids, vocab_size, self.head, **inputs)
+        return ModelSession(self.model, prompt_ids, vocab_size, self.head, self.packed, **inputs)

@@ -12,6 +12,7 @@ response token ids.  Records are appended batch by batch, so a run can be stoppe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from specvlm.models import LoadOptions, load_embedded
+    from specvlm.packed import maybe_pack
 
     ap = argparse.ArgumentParser(
         prog="python -m drafters.selfdistill", description="Generate self-distillation data from the embedded target."
@@ -243,17 +245,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_embedded(LoadOptions(dtype="float32"))
-    build_dataset(
-        model,
-        tokenizer,
-        args.out,
-        args.sampled,
-        args.summary_share,
-        args.batch_size,
-        args.max_new_tokens,
-        args.seed,
-        templates=not args.no_templates,
-    )
+    packed = maybe_pack(model, None)  # batched decode steps are 64-row matmuls: packed weights ~1.5x faster on CPU
+    with packed.active() if packed is not None else contextlib.nullcontext():
+        build_dataset(
+            model,
+            tokenizer,
+            args.out,
+            args.sampled,
+            args.summary_share,
+            args.batch_size,
+            args.max_new_tokens,
+            args.seed,
+            templates=not args.no_templates,
+        )
 
 
 if __name__ == "__main__":

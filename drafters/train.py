@@ -50,9 +50,10 @@ class TrainConfig:
     lr: float = 1e-3
     batch_tokens: int = 4096
     epochs: float = 3.0
-    minutes: float = 0.0  # > 0: stop after this long (the schedule still assumes `epochs`)
+    minutes: float = 0.0  # > 0: stop after this long (the cosine then ends with the budget)
     val_share: float = 0.05
     init: str = "last-layer"
+    init_from: str | None = None  # a saved feature draft to continue from (its weights and reduced head)
     eval_every: int = 200
     seed: int = 0
     threads: int = 0
@@ -281,7 +282,8 @@ def train(
         train_ex = target_features(target, train_recs, 8192)
         val_ex = target_features(target, val_recs, 8192)
         save_examples(feats_path, train_ex, val_ex)
-    head_ids = head_tokens(train_ex, cfg.head_size, stops)
+    start = FeatureDraftModel.from_pretrained(cfg.init_from, dtype=torch.float32) if cfg.init_from else None
+    head_ids = start.head_ids.clone() if start is not None else head_tokens(train_ex, cfg.head_size, stops)
     n_train = sum(len(e.ids) - e.start - 1 for e in train_ex)
     stats = {
         "records": len(records),
@@ -294,7 +296,7 @@ def train(
     embed, full_head = target_head(target)
     full_head = full_head.detach()
     head = full_head[head_ids]  # [K, H]
-    model = build_model(target, cfg, head_ids).train()
+    model = (start if start is not None else build_model(target, cfg, head_ids)).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng = random.Random(cfg.seed)
@@ -302,10 +304,14 @@ def train(
     total_steps = max(1, int(per_epoch * cfg.epochs))
     warmup = min(100, total_steps // 10)
 
-    def lr_at(step: int) -> float:
+    def lr_at(step: int, elapsed: float) -> float:
+        """Linear warm-up, then a cosine to 0 over the steps or the --minutes budget, whichever ends first."""
         if step < warmup:
             return cfg.lr * (step + 1) / warmup
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+        done = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.minutes:
+            done = max(done, elapsed / (cfg.minutes * 60))
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     ckpt = out_dir / "checkpoint.pt"
     step = 0
@@ -327,7 +333,7 @@ def train(
             losses, agree = level_losses(outs, feats, resp, head, cfg.reg_weight)
             loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = lr_at(step, time.time() - t0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -380,6 +386,12 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     ap.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget (0 = none)")
     ap.add_argument("--val-share", type=float, default=d.val_share)
     ap.add_argument("--init", choices=["last-layer", "random"], default=d.init)
+    ap.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="continue from a saved feature draft (e.g. drafters/weights/smollm2-135m-feature): its weights and "
+        "its reduced head (--head-size is then ignored)",
+    )
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = default)")

@@ -10,6 +10,7 @@ on the same prompts in the same process, and rates are per process (tokens over 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ from eval.common import (
 from eval.shard import Placed, join, merge
 
 CLI = "bench"
+UNPACKED = "-unpacked"  # suffix of the --compare-unpacked rows
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted", "hf_early_exit")
 HELDOUT = Path(__file__).parent / "data" / "heldout_prompts.jsonl"
 
@@ -80,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--followers", action="store_true", help="add the target's follower tokens to the draft")
     parser.add_argument("--plot", metavar="PNG", help="bar chart of tokens/s (default: next to --out)")
+    parser.add_argument(
+        "--compare-unpacked",
+        action="store_true",
+        help="also run every specvlm method with plain (unpacked) target weights: rows <method>-unpacked",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="print where each specvlm method's step time goes (ms per target call)"
     )
@@ -131,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         names = [d.strip() for d in args.drafts.split(",") if d.strip()]
         decoders = {f"[{n}]": Decoder(dec.target, make_drafter(n, dec.target, opts)) for n in names}
     methods = [*hf, *(f"specvlm-{t}{d}" for d in decoders for t in trees)]
+    if args.compare_unpacked:
+        if dec.target.packed is None:
+            raise ValueError("--compare-unpacked: this target is not packed (see --pack-linears)")
+        methods += [f"{m}{UNPACKED}" for m in methods if m.startswith("specvlm-")]
     totals: dict[str, dict[str, float]] = {
         m: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
     }
@@ -160,15 +171,16 @@ def main(argv: list[str] | None = None) -> int:
                 tokens, seconds = got
                 calls = len(tokens) if method == "hf_generate" else 0
             else:
-                tree, _, draft = method.removeprefix("specvlm-").partition("[")
-                gen = decoders[f"[{draft}" if draft else ""].generate(
-                    prompt=ids,
-                    max_new_tokens=args.max_new_tokens,
-                    tree=tree,
-                    temperature=args.temperature,
-                    top_p=args.top_p,
-                    seed=args.seed,
-                )
+                tree, _, draft = method.removeprefix("specvlm-").removesuffix(UNPACKED).partition("[")
+                with dec.target.unpacked() if method.endswith(UNPACKED) else contextlib.nullcontext():
+                    gen = decoders[f"[{draft}" if draft else ""].generate(
+                        prompt=ids,
+                        max_new_tokens=args.max_new_tokens,
+                        tree=tree,
+                        temperature=args.temperature,
+                        top_p=args.top_p,
+                        seed=args.seed,
+                    )
                 tokens, seconds, calls = gen.tokens, gen.stats.seconds, gen.stats.target_calls
                 for part, secs in gen.stats.split().items():
                     profile.setdefault(method, {}).setdefault(part, 0.0)

@@ -296,8 +296,12 @@ def load(
     tokenizer: Any | None = None,
     processor: Any | None = None,
     trust_remote_code: bool = False,
+    pack_linears: bool | None = None,
 ) -> Decoder:
     """Load a target and a draft (hub ids, folders, .gguf files or loaded models; None = embedded defaults).
+
+    `pack_linears`: the target's tree forwards multiply by oneDNN-packed weights (CPU float32; None = when the
+    linear weights fit in 4 GiB, as the packed copy doubles them; see specvlm/packed.py).
 
     A llava target (any config with a vision_config and an image token) is loaded with its processor; `processor`
     (and `tokenizer`) override what is found, and give an in-memory llava model what it needs for images and text.
@@ -310,7 +314,9 @@ def load(
         opts = LoadOptions(resolve_dtype(dtype, dev), dev, device_map, trust_remote_code)
     loaded = load_model(target, opts)
     tok = tokenizer if tokenizer is not None else loaded.tokenizer
-    tm = TargetModel(loaded.model, tok, processor if processor is not None else loaded.processor)
+    tm = TargetModel(
+        loaded.model, tok, processor if processor is not None else loaded.processor, pack_linears=pack_linears
+    )
     return Decoder(tm, make_drafter(draft, tm, opts), tree)
 
 

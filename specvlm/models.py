@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from transformers import (
 from . import embedded, mini_vlm
 from .cache import GrowingCache
 from .errors import ConfigError, ModelLoadError
+from .packed import maybe_pack
 from .tree import TokenTree, tree_attention_mask, tree_position_ids
 from .vlm import image_token_id
 
@@ -218,8 +221,18 @@ class TargetModel:
     prefix, and every tree forward passes ids, the 4D mask and position ids only (the language model gets them as is).
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None, processor: Any | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any | None = None,
+        processor: Any | None = None,
+        *,
+        pack_linears: bool | None = None,
+    ):
+        """`pack_linears`: multiply by oneDNN-packed weights in this engine's forwards (specvlm/packed.py);
+        None = when the model is float32 on CPU and its linear weights fit in 4 GiB (the copy doubles them)."""
         self.model = model
+        self.packed = maybe_pack(model, pack_linears)
         self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
         self.processor = processor
         self.image_token_id = image_token_id(model.config)  # None: a text-only target
@@ -230,6 +243,22 @@ class TargetModel:
         self.hidden_size = int(model.get_input_embeddings().weight.shape[-1])
         self.eos = eos_ids(model, tokenizer)
         self.pad_to = 4 if self.device.type == "cpu" and self.dtype == torch.float32 else 1
+
+    def forward(self, **inputs: Any) -> Any:
+        """One forward of the model, through its packed linears when it has them."""
+        if self.packed is None:
+            return self.model(**inputs)
+        with self.packed.active():
+            return self.model(**inputs)
+
+    @contextmanager
+    def unpacked(self) -> Iterator[None]:
+        """Within the block, forwards use the plain weights (for A/B runs in one process)."""
+        packed, self.packed = self.packed, None
+        try:
+            yield
+        finally:
+            self.packed = packed
 
     def new_cache(self, capacity: int = 0) -> DynamicCache:
         """The engine's cache: grows in place, with room for `capacity` positions reserved up front."""
@@ -244,7 +273,7 @@ class TargetModel:
         if not ids:
             return torch.zeros(0, self.hidden_size, dtype=self.dtype, device=self.device) if hidden else None
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, L]
-        out = self.model(
+        out = self.forward(
             input_ids=input_ids,
             past_key_values=cache,
             use_cache=True,
@@ -274,7 +303,7 @@ class TargetModel:
             depth = torch.cat([depth, depth.new_zeros(extra)])
         mask = tree_attention_mask(parents.cpu(), past, self.dtype).to(self.device)  # [1, 1, N', past + N']
         positions = tree_position_ids(depth, past).to(self.device)  # [1, N']
-        out = self.model(
+        out = self.forward(
             input_ids=tokens[None].to(self.device),
             attention_mask=mask,
             position_ids=positions,
