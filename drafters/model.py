@@ -88,9 +88,9 @@ class ModelSession(DraftSession):
     ) -> torch.Tensor:
         extra, self.model_inputs = self.model_inputs, {}
         with self.packed.active() if self.packed is not None else contextlib.nullcontext():
-            return self._forward_plain(ids, positions, mask, last_only, extra)
+            return self._forward_body(ids, positions, mask, last_only, extra)
 
-    def _forward_plain(
+    def _forward_body(
         self, ids: list[int], positions: list[int], mask: torch.Tensor | None, last_only: bool, extra: dict[str, Any]
     ) -> torch.Tensor:
         if self.head is not None:  # the base model's final hidden states through the reduced head

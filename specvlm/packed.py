@@ -26,7 +26,7 @@ from .errors import ConfigError
 
 #: rows the packed layout is tuned for (oneDNN's batch-size hint): trees are 1-32 tokens; 8 was fastest on 1-32
 ROWS_HINT = 8
-#: forwards with more rows than this (prefills) use the plain path, where MKL's GEMM is as fast
+#: forwards with more rows than this (prefills) keep the plain path: trees and batched decode steps are what pay
 MAX_PACKED_ROWS = 64
 #: don't pack a model whose linear weights exceed this many bytes (the packed copy doubles their memory)
 DEFAULT_MAX_BYTES = 4 << 30
@@ -112,15 +112,15 @@ class PackedLinears:
 def maybe_pack(model: nn.Module, enabled: bool | None, max_bytes: int = DEFAULT_MAX_BYTES) -> PackedLinears | None:
     """Pack `model`'s linears when `enabled`, or, when None ("auto"), on a CPU float32 model of <= `max_bytes`
     of linear weights.  `enabled=True` on an unsupported device or dtype is an error that says why."""
-    param = next(model.parameters(), None)
-    if param is None:
+    weights = [m.weight for m in model.modules() if type(m) is nn.Linear]
+    if not weights:
         return None
-    supported = packing_supported(param.device, param.dtype)
+    odd = next((w for w in weights if not packing_supported(w.device, w.dtype)), None)  # all on CPU in float32?
     if enabled is None:
-        enabled = supported and PackedLinears.weight_bytes(model) <= max_bytes
-    elif enabled and not supported:
+        enabled = odd is None and PackedLinears.weight_bytes(model) <= max_bytes
+    elif enabled and odd is not None:
         raise ConfigError(
-            f"packed linears need a float32 model on a CPU with mkldnn (got {param.dtype} on {param.device}): "
+            f"packed linears need a float32 model on a CPU with mkldnn (got {odd.dtype} weights on {odd.device}): "
             "pass pack_linears=False or None"
         )
     return PackedLinears(model) if enabled else None
