@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from specvlm.cache import keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
-from specvlm.packed import PackedLinears, maybe_pack
+from specvlm.packed import PackedLinears, maybe_pack, packed_if
 from specvlm.tree import append_causal_mask, append_nodes_mask
 from specvlm.trees import tree_from_spec
 from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
@@ -87,7 +86,7 @@ class ModelSession(DraftSession):
         self, ids: list[int], positions: list[int], mask: torch.Tensor | None, last_only: bool = False
     ) -> torch.Tensor:
         extra, self.model_inputs = self.model_inputs, {}
-        with self.packed.active() if self.packed is not None else contextlib.nullcontext():
+        with packed_if(self.packed):
             return self._forward_body(ids, positions, mask, last_only, extra)
 
     def _forward_body(

@@ -12,7 +12,6 @@ response token ids.  Records are appended batch by batch, so a run can be stoppe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from specvlm.models import LoadOptions, load_embedded
-    from specvlm.packed import maybe_pack
+    from specvlm.packed import maybe_pack, packed_if
 
     ap = argparse.ArgumentParser(
         prog="python -m drafters.selfdistill", description="Generate self-distillation data from the embedded target."
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_embedded(LoadOptions(dtype="float32"))
     packed = maybe_pack(model, None)  # batched decode steps are 64-row matmuls: packed weights ~1.5x faster on CPU
-    with packed.active() if packed is not None else contextlib.nullcontext():
+    with packed_if(packed):
         build_dataset(
             model,
             tokenizer,

@@ -26,7 +26,7 @@ from transformers import (
 from . import embedded, mini_vlm
 from .cache import GrowingCache
 from .errors import ConfigError, ModelLoadError
-from .packed import maybe_pack
+from .packed import maybe_pack, packed_if
 from .tree import TokenTree, tree_attention_mask, tree_position_ids
 from .vlm import image_token_id
 
@@ -246,9 +246,7 @@ class TargetModel:
 
     def forward(self, **inputs: Any) -> Any:
         """One forward of the model, through its packed linears when it has them."""
-        if self.packed is None:
-            return self.model(**inputs)
-        with self.packed.active():
+        with packed_if(self.packed):
             return self.model(**inputs)
 
     @contextmanager

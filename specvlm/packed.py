@@ -17,7 +17,7 @@ already does.  Packed weights are a snapshot: call `PackedLinears.pack()` again 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -37,14 +37,19 @@ def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
+def takes_packed(x: torch.Tensor) -> bool:
+    """Whether an input goes through a packed weight: float32, no grad, at most MAX_PACKED_ROWS rows."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    return rows <= MAX_PACKED_ROWS and x.dtype == torch.float32 and not x.requires_grad
+
+
 class PackedLinear(nn.Linear):
     """An `nn.Linear` whose forward multiplies by a oneDNN-packed copy of its weight (lent as `_packed`)."""
 
     _packed: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in] -> [..., out]
-        rows = x.numel() // max(x.shape[-1], 1)
-        if rows > MAX_PACKED_ROWS or x.dtype != torch.float32 or x.requires_grad:
+        if not takes_packed(x):
             return super().forward(x)
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
@@ -64,8 +69,7 @@ class PackedWeight:
         return {**self.__dict__, "_packed": None}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-        rows = x.numel() // max(x.shape[-1], 1)
-        if not self._supported or rows > MAX_PACKED_ROWS or x.dtype != torch.float32 or x.requires_grad:
+        if not self._supported or not takes_packed(x):
             return torch.nn.functional.linear(x, self.weight, self.bias)
         if self._packed is None:
             self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, ROWS_HINT)
@@ -107,6 +111,11 @@ class PackedLinears:
             for lin in self.linears:
                 object.__setattr__(lin, "__class__", nn.Linear)
                 lin.__dict__.pop("_packed", None)
+
+
+def packed_if(packed: PackedLinears | None) -> AbstractContextManager[None]:
+    """`packed.active()`, or a no-op when the model is not packed."""
+    return packed.active() if packed is not None else nullcontext()
 
 
 def maybe_pack(model: nn.Module, enabled: bool | None, max_bytes: int = DEFAULT_MAX_BYTES) -> PackedLinears | None:
