@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from eval.shard import Placed, join, merge
 
 CLI = "bench"
 UNPACKED = "-unpacked"  # suffix of the --compare-unpacked rows
+FIXED = "-fixed"  # suffix of the --compare-fixed rows
+SIZED_TREES = ("chain", "dynamic", "opt")  # builders that size greedy trees for tokens/s
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted", "hf_early_exit")
 HELDOUT = Path(__file__).parent / "data" / "heldout_prompts.jsonl"
 
@@ -88,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run every specvlm method with plain (unpacked) target weights: rows <method>-unpacked",
     )
     parser.add_argument(
+        "--fixed-size",
+        action="store_true",
+        help="chain, dynamic and opt trees draft their full --depth / budget / nodes instead of sizing each greedy "
+        "tree for tokens/s from the measured forward costs (tree shapes then repeat exactly from run to run)",
+    )
+    parser.add_argument(
+        "--compare-fixed",
+        action="store_true",
+        help="also run the chain, dynamic and opt trees at their fixed sizes (not sized for tokens/s from the "
+        "measured forward costs): rows <method>-fixed",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="print where each specvlm method's step time goes (ms per target call)"
     )
     add_model_args(parser)
@@ -122,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     bad += [m for m in hf if m not in HF_METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}: trees are {TREE_CHOICES}, HF baselines {HF_METHODS}")
+    from specvlm.trees import make_tree
+
     out, jsonl = result_paths(args, CLI)
     shard = join(args.device)  # under `accelerate launch`: this process's share of the prompts
     dec = load_decoder(args)
@@ -142,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         if dec.target.packed is None:
             raise ValueError("--compare-unpacked: this target is not packed (see --pack-linears)")
         methods += [f"{m}{UNPACKED}" for m in methods if m.startswith("specvlm-")]
+    if args.compare_fixed and args.fixed_size:
+        raise ValueError("--compare-fixed adds fixed-size rows to sized ones: drop --fixed-size")
+    if args.compare_fixed:
+        methods += [f"{m}{FIXED}" for m in methods if m.removeprefix("specvlm-").startswith(SIZED_TREES)]
     totals: dict[str, dict[str, float]] = {
         m: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
     }
@@ -149,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     profile: dict[str, dict[str, float]] = {}  # method -> seconds per part of the step
     placed: list[Placed] = []
     mine = shard.take(prompts)
-    for d in decoders.values():  # warm-up
+    for d in decoders.values():  # warm-up; trees sized for tokens/s need the target's cost table (measured once)
         d.generate(prompt=mine[0][1][1] if mine else prompts[0][1], max_new_tokens=8)
+    dec.target.forward_costs()
     for pos, (sid, ids) in tqdm(mine, desc=shard.label(CLI), unit="prompt", file=sys.stderr, dynamic_ncols=True):
         reference: list[int] | None = None
         for method in methods:
@@ -171,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                 tokens, seconds = got
                 calls = len(tokens) if method == "hf_generate" else 0
             else:
-                tree, _, draft = method.removeprefix("specvlm-").removesuffix(UNPACKED).partition("[")
-                with dec.target.unpacked() if method.endswith(UNPACKED) else contextlib.nullcontext():
+                base = method.removesuffix(FIXED)
+                name, _, draft = base.removeprefix("specvlm-").removesuffix(UNPACKED).partition("[")
+                fixed = args.fixed_size or method.endswith(FIXED)
+                tree = replace(make_tree(name), hardware_aware=False) if fixed and name in SIZED_TREES else name
+                with dec.target.unpacked() if base.endswith(UNPACKED) else contextlib.nullcontext():
                     gen = decoders[f"[{draft}" if draft else ""].generate(
                         prompt=ids,
                         max_new_tokens=args.max_new_tokens,

@@ -149,6 +149,12 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-depth", type=positive_int, metavar="INT", help="opt tree: deepest level")
     group.add_argument("--depth", type=positive_int, metavar="INT", help="chain (or dynamic tree): drafted levels")
     group.add_argument(
+        "--fixed-size",
+        action="store_true",
+        help="chain, dynamic and opt trees: always draft --depth / --B / --nodes instead of sizing each greedy tree "
+        "for tokens/s from the target's measured forward cost (cached under $SPECVLM_CACHE/costs)",
+    )
+    group.add_argument(
         "--T",
         "--temperature",
         dest="temperature",
@@ -200,7 +206,20 @@ def add_io_args(parser: argparse.ArgumentParser) -> None:
 
 # -- specvlm objects from arguments --------------------------------------------------------------------------------
 def tree_from_args(args: argparse.Namespace) -> TreeBuilder | str | None:
-    """A builder when shape flags are given, else the tree name (None = the decoder's default tree)."""
+    """A builder when shape flags (or --fixed-size) are given, else the tree name (None = the decoder's default)."""
+    import specvlm
+    from specvlm.trees import make_tree
+
+    tree = _shaped_tree(args)
+    if not getattr(args, "fixed_size", False):
+        return tree
+    builder = None if tree is None else make_tree(tree)
+    if builder is None or builder.name not in ("chain", "dynamic", "opt"):
+        raise specvlm.ConfigError("--fixed-size is for --tree chain, dynamic or opt: name one of them with --tree")
+    return dataclasses.replace(builder, hardware_aware=False)
+
+
+def _shaped_tree(args: argparse.Namespace) -> TreeBuilder | str | None:
     import specvlm
 
     name: str | None = args.tree

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -200,8 +199,8 @@ def verification_costs(
     """Median ms of one tree forward by tree size, on top of the prefilled image prompt."""
     import torch
 
-    from growmaps.measure import tree_costs
     from specvlm.cache import GrowingCache
+    from specvlm.costs import tree_costs
 
     cache = GrowingCache(target.model.config)  # the engine's cache, so the costs are the engine's
     target.prefill(ids, cache, pixel_values=pixels)
@@ -210,14 +209,10 @@ def verification_costs(
 
 
 def forward_ms(costs: dict[str, float], size: int) -> float:
-    """Forward cost of a tree of `size` nodes, linear between measured sizes (flat beyond the ends)."""
-    points = sorted((int(k), v) for k, v in costs.items())
-    if size <= points[0][0]:
-        return points[0][1]
-    for (n0, ms0), (n1, ms1) in itertools.pairwise(points):
-        if size <= n1:
-            return ms0 + (ms1 - ms0) * (size - n0) / (n1 - n0)
-    return points[-1][1]
+    """Forward cost of a tree of `size` nodes, linear between measured sizes (extrapolated beyond the last)."""
+    from specvlm.costs import CostTable
+
+    return CostTable.from_dict(costs).ms(size)
 
 
 def engine_runs(

@@ -126,44 +126,12 @@ def target_costs(target: TargetModel, sizes: list[int], prefix: int, reps: int, 
     import torch
 
     from specvlm.cache import GrowingCache
+    from specvlm.costs import tree_costs
 
     gen = torch.Generator().manual_seed(seed)
     cache = GrowingCache(target.model.config)  # the engine's cache, so the costs are the engine's
     target.prefill(torch.randint(0, target.vocab_size, (prefix,), generator=gen).tolist(), cache)
     return tree_costs(target, cache, sizes, reps, gen)
-
-
-def tree_costs(
-    target: TargetModel, cache: Any, sizes: list[int], reps: int, gen: Any, token_ids: Any = None
-) -> dict[str, float]:
-    """Median ms of `TargetModel.score` over a random tree of each size on top of what `cache` holds (cut back
-    after every forward, so each size sees the same prefix). The first forward of each size is a warm-up; the
-    device is synchronised around each timed forward. Tokens are drawn from `token_ids` ([K] long, default: the
-    whole vocabulary)."""
-    import torch
-
-    from specvlm.cache import crop_to
-    from specvlm.tree import TokenTree
-
-    prefix = int(cache.get_seq_length())
-    pool = torch.arange(target.vocab_size) if token_ids is None else token_ids.cpu()  # [K]
-    sync = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
-    out: dict[str, float] = {}
-    for size in sizes:
-        parents = [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, size)]
-        tokens = pool[torch.randint(0, pool.shape[0], (size,), generator=gen)]  # [N]
-        tree = TokenTree(tokens=tokens, parents=torch.tensor(parents, dtype=torch.long))
-        times = []
-        for rep in range(reps + 1):  # the first forward of each size is a warm-up
-            sync()
-            t0 = time.perf_counter()
-            target.score(tree, cache)
-            sync()
-            if rep:
-                times.append(1000 * (time.perf_counter() - t0))
-            crop_to(cache, prefix)
-        out[str(size)] = round(statistics.median(times), 2)
-    return out
 
 
 def hardware(target: TargetModel) -> str:

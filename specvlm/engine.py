@@ -14,6 +14,7 @@ import torch
 
 from .builders import Autoregressive, StepLimits, TreeBuilder
 from .cache import keep_positions
+from .costs import AcceptanceFit, SpeedModel
 from .drafting import Drafter, DraftSession
 from .models import TargetModel
 from .sampling import Sampling, make_generator
@@ -73,6 +74,10 @@ def decode(
     cache = target.new_cache(capacity=len(ids) + min(request.max_new_tokens, 256) + 64)
     undrafted = isinstance(builder, Autoregressive)  # the baseline is the target alone: no draft work at all
     feed_hidden = drafter.needs_target_hidden and not undrafted
+    # greedy trees sized for tokens/s: the target's forward cost by size (measured once, cached on disk), and how
+    # the draft's path probabilities compare with what the target accepts in this generation
+    sized = builder.hardware_aware and request.sampling.greedy and not undrafted
+    costs, fit = (target.forward_costs() if sized else None), AcceptanceFit()
     # a VLM's image prefix enters the cache here
     prefix_hidden = target.prefill(ids[:-1], cache, hidden=feed_hidden, **(request.model_inputs or {}))
     draft_start = time.perf_counter()
@@ -93,6 +98,7 @@ def decode(
         limits = StepLimits(
             max_depth=max(0, min(budget - produced - 1, target.max_positions - length)),
             max_nodes=max(1, target.max_positions - length + 1),
+            speed=None if costs is None else SpeedModel(costs, fit.scale),
         )
         # 1. draft a tree
         tree = builder.build(session, root, limits, request.sampling, generator)
@@ -103,6 +109,7 @@ def decode(
         t2 = time.perf_counter()
         # 3. verify: the accepted path and the bonus token
         accepted = verify(tree, logits, request.sampling, generator)
+        fit.update(tree.predicted, len(accepted.path) - 1)
         if hidden is not None:
             session.observe_hidden(hidden)
         if session.wants_target_feedback:

@@ -25,6 +25,7 @@ from transformers import (
 
 from . import embedded, mini_vlm
 from .cache import GrowingCache
+from .costs import CostTable, cached_costs, cost_key
 from .errors import ConfigError, ModelLoadError
 from .packed import maybe_pack, packed_if
 from .tree import TokenTree, tree_attention_mask, tree_position_ids
@@ -243,11 +244,20 @@ class TargetModel:
         self.hidden_size = int(model.get_input_embeddings().weight.shape[-1])
         self.eos = eos_ids(model, tokenizer)
         self.pad_to = 4 if self.device.type == "cpu" and self.dtype == torch.float32 else 1
+        self._costs: dict[str, CostTable] = {}
 
     def forward(self, **inputs: Any) -> Any:
         """One forward of the model, through its packed linears when it has them."""
         with packed_if(self.packed):
             return self.model(**inputs)
+
+    def forward_costs(self) -> CostTable:
+        """ms of one tree forward by tokens scored on this device, dtype, thread count and packing (specvlm/costs.py:
+        measured once, then read from $SPECVLM_CACHE/costs)."""
+        key = cost_key(self)
+        if key not in self._costs:
+            self._costs[key] = cached_costs(self)
+        return self._costs[key]
 
     @contextmanager
     def unpacked(self) -> Iterator[None]:

@@ -20,6 +20,7 @@ class TokenTree:
     parents: torch.Tensor  # [N] long, parents[0] = -1, parents[i] < i
     q: torch.Tensor | None = None  # [N, V] draft probabilities at each node (None for deterministic drafters)
     sampled: bool = False  # children were drawn from q without replacement (in index order)
+    predicted: float = 0.0  # the draft's forecast of accepted draft tokens: the sum of kept path probabilities
     depth: torch.Tensor = field(init=False)  # [N] long, root depth 0
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import specvlm
+from specvlm.trees import make_tree
 
 VOCAB = 96
 
@@ -32,6 +34,14 @@ def tiny_llama(seed: int, layers: int = 2, vocab: int = VOCAB, max_positions: in
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def fixed_size(tree: str) -> specvlm.TreeBuilder:
+    """The named tree at its fixed size: tests that count accepted tokens must not follow measured time (a copy of
+    the target as draft costs as much as the target, so a tree sized for tokens/s drafts little)."""
+    builder = make_tree(tree)
+    sized = "hardware_aware" in {f.name for f in dataclasses.fields(builder)}  # type: ignore[arg-type]
+    return dataclasses.replace(builder, hardware_aware=False) if sized else builder
 
 
 def perturbed_copy(model: LlamaForCausalLM, scale: float, seed: int) -> LlamaForCausalLM:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, hf_greedy, random_prompts, tiny_llama
+from conftest import VOCAB, fixed_size, hf_greedy, random_prompts, tiny_llama
 
 import specvlm
 from drafters import ModelDrafter
@@ -37,7 +37,7 @@ def test_reduced_head_draft_is_lossless(tree: str) -> None:
     dec = specvlm.load(target, ModelDrafter(tiny_llama(seed=0), head_ids=half))
     accepted = 0
     for prompt in PROMPTS:
-        got = dec.generate(prompt=prompt, max_new_tokens=16, tree=tree)
+        got = dec.generate(prompt=prompt, max_new_tokens=16, tree=fixed_size(tree))
         assert got.tokens == hf_greedy(target, prompt, 16)
         accepted += got.stats.new_tokens - got.stats.target_calls
     assert accepted > 0  # the draft (the target itself, restricted) still gets tokens accepted

@@ -12,7 +12,8 @@ from specvlm.builders import Autoregressive, BranchingTree, ChainTree, DynamicTr
 
 TREES: list[TreeBuilder] = [
     Autoregressive(),
-    ChainTree(depth=4),
+    ChainTree(depth=4, hardware_aware=False),
+    ChainTree(depth=4),  # sized for tokens/s from the measured forward costs
     BranchingTree([3, 2, 1, 1]),
     DynamicTree(budget=12, topk=3, depth=5),
     OptTree(nodes=12, threshold=0.2, max_depth=6),
@@ -37,8 +38,12 @@ def drafter_for(kind: str, target: torch.nn.Module) -> specvlm.Decoder:
     return specvlm.load(target, drafts[kind]())
 
 
+def tree_id(tree: TreeBuilder) -> str:
+    return tree.name + ("-sized" if tree.hardware_aware else "")
+
+
 @pytest.mark.parametrize("kind", ["ngram", "ngram+followers", "copy", "perturbed", "other"])
-@pytest.mark.parametrize("tree", TREES, ids=lambda t: t.name)
+@pytest.mark.parametrize("tree", TREES, ids=tree_id)
 def test_tiny_llama_equals_hf_greedy(
     tiny_target: torch.nn.Module, references: list[list[int]], kind: str, tree: TreeBuilder
 ) -> None:
@@ -49,7 +54,7 @@ def test_tiny_llama_equals_hf_greedy(
         assert got.tokens == ref, f"prompt {ids}: {got.tokens} != {ref}"
         assert got.stats.new_tokens == NEW_TOKENS
         calls += got.stats.target_calls
-    if kind == "copy" and tree.name in ("chain", "static"):
+    if kind == "copy" and tree.name in ("chain", "static") and not tree.hardware_aware:
         # a draft identical to the target accepts every drafted token on its argmax path (depth 4 here):
         # proof that the draft cache holds exactly the committed sequence
         assert calls <= len(PROMPTS) * NEW_TOKENS / 3.5, f"only {len(PROMPTS) * NEW_TOKENS / calls:.2f} tokens/call"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hf_greedy, random_prompts, tiny_llama
+from conftest import fixed_size, hf_greedy, random_prompts, tiny_llama
 from transformers import DynamicCache
 
 from specvlm.cache import GrowingCache, GrowingLayer, keep_positions
@@ -70,6 +70,6 @@ def test_engine_output_still_equals_hf_greedy() -> None:
     model = tiny_llama(seed=2)
     dec = specvlm.load(target=model, draft=tiny_llama(seed=2))  # the draft is the target: long accepted paths
     for prompt in random_prompts(3, seed=4):
-        gen = dec.generate(prompt=prompt, max_new_tokens=80, tree="chain")
+        gen = dec.generate(prompt=prompt, max_new_tokens=80, tree=fixed_size("chain"))
         assert gen.tokens == hf_greedy(model, prompt, 80)
         assert gen.stats.mean_accepted > 2

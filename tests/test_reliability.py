@@ -22,11 +22,12 @@ from specvlm.engine import cut_tokens
 
 PROMPT = [11, 40, 7, 93, 11, 40, 2, 65]
 NEW_TOKENS = 30
+# fixed sizes: these tests predict one run's steps from another's, and sized trees follow measured time
 DRAFTED: list[TreeBuilder] = [
-    ChainTree(depth=6),
+    ChainTree(depth=6, hardware_aware=False),
     BranchingTree([3, 2, 1, 1, 1, 1]),
-    DynamicTree(budget=14, topk=3, depth=6),
-    OptTree(nodes=14, threshold=0.0, max_depth=7),
+    DynamicTree(budget=14, topk=3, depth=6, hardware_aware=False),
+    OptTree(nodes=14, threshold=0.0, max_depth=7, hardware_aware=False),
 ]
 TREES: list[TreeBuilder] = [Autoregressive(), *DRAFTED]
 

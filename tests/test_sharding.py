@@ -131,7 +131,7 @@ def test_cnn_text_two_processes_merge_to_the_single_process_result(tmp_path: Pat
 
 @pytest.mark.slow  # ~40 s
 def test_bench_two_processes_merge_to_the_single_process_result(tmp_path: Path) -> None:
-    extra = ["--limit", "3", "--trees", "ar,chain", "--hf", "hf_generate,hf_assisted"]
+    extra = ["--limit", "3", "--trees", "ar,chain", "--fixed-size", "--hf", "hf_generate,hf_assisted"]
     one, two = _single_and_sharded(tmp_path, "bench", extra)
     stable = ("id", "method", "new_tokens", "target_calls", "identical")
     single, sharded_run = _records(one.with_suffix(".jsonl")), _records(two.with_suffix(".jsonl"))

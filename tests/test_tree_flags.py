@@ -27,3 +27,14 @@ def test_branching_flag_refuses_bad_lists_and_other_trees(capsys: pytest.Capture
     assert "positive integers" in capsys.readouterr().err
     with pytest.raises(specvlm.ConfigError, match="--branching does not shape --tree chain"):
         tree_of("--tree", "chain", "--branching", "2,1")
+
+
+def test_fixed_size_turns_off_sizing_for_tokens_per_second() -> None:
+    assert tree_of("--B", "12").hardware_aware
+    assert tree_of("--B", "12", "--fixed-size") == specvlm.DynamicTree(budget=12, hardware_aware=False)
+    assert tree_of("--tree", "chain", "--fixed-size") == specvlm.ChainTree(hardware_aware=False)
+    assert tree_of("--tree", "opt", "--nodes", "9", "--fixed-size") == specvlm.OptTree(nodes=9, hardware_aware=False)
+    with pytest.raises(specvlm.ConfigError, match="--fixed-size is for --tree chain, dynamic or opt"):
+        tree_of("--fixed-size")
+    with pytest.raises(specvlm.ConfigError, match="--fixed-size is for --tree chain, dynamic or opt"):
+        tree_of("--tree", "static", "--fixed-size")

@@ -7,16 +7,19 @@ from dataclasses import dataclass
 
 import torch
 
+from ..costs import SpeedModel
 from ..sampling import Sampling, warp
 from ..tree import TokenTree
 
 
 @dataclass(frozen=True)
 class StepLimits:
-    """What this step may draft: depth below the root and nodes in total (root included)."""
+    """What this step may draft: depth below the root and nodes in total (root included); with `speed`, what a
+    target forward costs by size, for builders that size their trees for tokens per second."""
 
     max_depth: int
     max_nodes: int
+    speed: SpeedModel | None = None
 
 
 class GrowingTree:
@@ -64,10 +67,18 @@ class GrowingTree:
             made.append(len(self.tokens) - 1)
         return made
 
+    def ranked(self, among: list[int] | None = None) -> list[int]:
+        """Non-root nodes (or `among`) by path probability, highest first (parents before children on ties)."""
+        pool = among if among is not None else list(range(1, len(self)))
+        return sorted(pool, key=lambda n: (-self.logp[n], n))
+
+    def gains(self, nodes: list[int]) -> list[float]:
+        """Path probabilities of `nodes` under the draft: each one's chance to be accepted if q were exact."""
+        return [math.exp(self.logp[n]) for n in nodes]
+
     def best(self, count: int, among: list[int] | None = None) -> list[int]:
         """The `count` non-root nodes with the highest path probability (parents win ties), ancestor-closed."""
-        pool = among if among is not None else list(range(1, len(self)))
-        ranked = sorted(pool, key=lambda n: (-self.logp[n], n))[: max(count, 0)]
+        ranked = self.ranked(among)[: max(count, 0)]
         keep = set(ranked)
         for n in ranked:
             cur = self.parents[n]
@@ -87,4 +98,5 @@ class GrowingTree:
             vocab = next(iter(self.q.values())).shape[0]
             zero = torch.zeros(vocab)
             q = torch.stack([self.q.get(n, zero) for n in nodes])  # [N, V]
-        return TokenTree(tokens=tokens, parents=parents, q=q, sampled=self.sampled)
+        predicted = sum(math.exp(self.logp[n]) for n in nodes[1:])
+        return TokenTree(tokens=tokens, parents=parents, q=q, sampled=self.sampled, predicted=predicted)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from ..drafting import DraftSession
 from ..errors import ConfigError
-from .base import TreeBuilder, expand
+from .base import TreeBuilder, expand, sized_for_speed, worth_another_level
 from .growing import GrowingTree, StepLimits
 
 
@@ -22,24 +23,32 @@ class Autoregressive(TreeBuilder):
 
 @dataclass(frozen=True)
 class ChainTree(TreeBuilder):
-    """Classic speculative decoding: a single chain of `depth` drafted tokens."""
+    """Classic speculative decoding: a single chain of `depth` drafted tokens.
+
+    `hardware_aware` (greedy decoding, specvlm/costs.py): `depth` is a ceiling; the chain stops growing when one more
+    token cannot raise the predicted tokens per second, and keeps the prefix that maximises them."""
 
     depth: int = 6
     name: str = "chain"
     samples_children: bool = True
+    hardware_aware: bool = True
 
     def __post_init__(self) -> None:
         if self.depth < 1:
             raise ConfigError(f"ChainTree needs depth >= 1, got {self.depth} (use tree='ar' for no drafting)")
 
     def grow(self, tree: GrowingTree, session: DraftSession, limits: StepLimits) -> list[int] | None:
-        node = 0
-        for _ in range(min(self.depth, limits.max_depth, limits.max_nodes - 1)):
+        started, node = time.perf_counter(), 0
+        cap = min(self.depth, limits.max_depth, limits.max_nodes - 1)
+        for _ in range(cap):
+            level_started = time.perf_counter()
             made = expand(tree, session, [node], [1])[0]
             if not made:
                 break
             node = made[0]
-        return None
+            if not worth_another_level(tree, limits, cap, [node], started, level_started):
+                break
+        return None if limits.speed is None else sized_for_speed(tree, limits, cap, time.perf_counter() - started)
 
 
 def template_from_branching(branching: list[int]) -> list[int]:
