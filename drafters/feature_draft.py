@@ -24,6 +24,7 @@ from specvlm.cache import keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
 from specvlm.packed import PackedWeight
 from specvlm.tree import append_causal_mask, append_nodes_mask
+from specvlm.trees import tree_from_spec
 
 from .base import Drafter, DraftSession
 from .feature_fast import DYNAMIC_ROPE, LeanFeatureForward, LeanKV, rope_type
@@ -220,6 +221,8 @@ class FeatureDrafter(Drafter):
         self.vocab = int(head.shape[0])
         use_lean = lean and rope_type(cfg) not in DYNAMIC_ROPE
         self.lean: LeanFeatureForward | None = LeanFeatureForward(self.model) if use_lean else None
+        tree = getattr(cfg, "specvlm_default_tree", None)  # the tree measured best with this draft, if saved
+        self.default_tree = tree_from_spec(tree) if tree else None
 
     def full_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Reduced-head logits scattered into the target vocabulary (other tokens -inf): [K, H] -> [K, V]."""

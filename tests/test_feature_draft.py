@@ -131,3 +131,13 @@ def test_feature_and_ngram_mixture_is_lossless(tree: str) -> None:
     for ids in random_prompts(4, seed=9, vocab=VOCAB):
         ids = ids + ids  # repeated text, so the n-gram source proposes too
         assert decoder.generate(None, ids, max_new_tokens=24, tree=tree).tokens == hf_greedy(target, ids, 24)
+
+
+def test_a_saved_default_tree_comes_with_the_draft(tmp_path: Path) -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB)
+    draft = random_draft(target, seed=1)
+    draft.config.specvlm_default_tree = {"name": "chain", "depth": 3}
+    draft.save_pretrained(tmp_path)
+    assert specvlm.load(target, draft=str(tmp_path)).default_tree == specvlm.ChainTree(depth=3)
+    mixture = specvlm.load(target, draft=MixtureDrafter([FeatureDrafter(draft, target), NGramDrafter()]))
+    assert mixture.default_tree == specvlm.ChainTree(depth=3)  # a mixture takes its first source's tree

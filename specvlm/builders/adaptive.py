@@ -58,7 +58,7 @@ class OptTree(TreeBuilder):
     threshold: float = 0.5
     max_depth: int = 10
     name: str = "opt"
-    hardware_aware: bool = True  # greedy: `nodes` is a ceiling, the tree keeps the count with the best tokens/s
+    hardware_aware: bool = True  # greedy: `nodes` is a ceiling (see DynamicTree)
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.max_depth < 1 or self.threshold < 0:
@@ -69,6 +69,7 @@ class OptTree(TreeBuilder):
         count = min(self.nodes, limits.max_nodes - 1)
         frontier, chosen, expected = [0], [], 0.0
         for _ in range(min(self.max_depth, limits.max_depth)):
+            level_started = time.perf_counter()
             made = [c for cs in expand(tree, session, frontier, [count] * len(frontier)) for c in cs]
             if not made:
                 break
@@ -80,7 +81,7 @@ class OptTree(TreeBuilder):
             chosen = candidate
             expected += gain
             frontier = [n for n in layer if n in set(chosen)]
-            if not frontier:
+            if not frontier or not worth_another_level(tree, limits, count, frontier, started, level_started):
                 break
         if limits.speed is None or not chosen:
             return chosen
