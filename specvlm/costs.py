@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import statistics
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ COST_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 COST_PREFIX = 256  # tokens in the cache under the timed trees
 COST_REPS = 5  # timed forwards per size (the fastest counts: other work only ever adds time), after one warm-up
 TABLE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ def cached_costs(target: TargetModel, folder: Path | None = None) -> CostTable:
                 return CostTable.from_dict(saved["target_ms"])
         except (json.JSONDecodeError, KeyError, ValueError, TypeError):
             pass  # a damaged file is measured again
+    log.warning("specvlm: timing this target's tree forwards once for tree sizes (cached in %s)", path)
     table = measure_costs(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
