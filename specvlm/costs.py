@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CostTable:
-    """Median ms of one target forward by tokens scored: (tokens, ms) points, ascending in tokens."""
+    """ms of one target forward by tokens scored: (tokens, ms) points, ascending in tokens."""
 
     points: tuple[tuple[int, float], ...]
 
@@ -59,7 +59,7 @@ class CostTable:
         """Linear between measured sizes; flat below the first; beyond the last, the last segment's slope."""
         pts = self.points
         if tokens <= pts[0][0] or len(pts) == 1:
-            return pts[0][1] if tokens <= pts[0][0] else pts[-1][1]
+            return pts[0][1]
         for (n0, m0), (n1, m1) in itertools.pairwise(pts):
             if tokens <= n1:
                 return m0 + (m1 - m0) * (tokens - n0) / (n1 - n0)
