@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,6 @@ from eval.shard import Placed, join, merge
 CLI = "bench"
 UNPACKED = "-unpacked"  # suffix of the --compare-unpacked rows
 FIXED = "-fixed"  # suffix of the --compare-fixed rows
-SIZED_TREES = ("chain", "dynamic", "opt")  # builders that size greedy trees for tokens/s
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted", "hf_early_exit")
 HELDOUT = Path(__file__).parent / "data" / "heldout_prompts.jsonl"
 
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     bad += [m for m in hf if m not in HF_METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}: trees are {TREE_CHOICES}, HF baselines {HF_METHODS}")
-    from specvlm.trees import make_tree
+    from specvlm.trees import at_fixed_size, make_tree
 
     out, jsonl = result_paths(args, CLI)
     shard = join(args.device)  # under `accelerate launch`: this process's share of the prompts
@@ -162,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_fixed and args.fixed_size:
         raise ValueError("--compare-fixed adds fixed-size rows to sized ones: drop --fixed-size")
     if args.compare_fixed:
-        methods += [f"{m}{FIXED}" for m in methods if m.removeprefix("specvlm-").startswith(SIZED_TREES)]
+        sized = [m for m in methods if m.startswith("specvlm-") and make_tree(tree_name(m)).hardware_aware]
+        methods += [f"{m}{FIXED}" for m in sized]
     totals: dict[str, dict[str, float]] = {
         m: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
     }
@@ -170,9 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     profile: dict[str, dict[str, float]] = {}  # method -> seconds per part of the step
     placed: list[Placed] = []
     mine = shard.take(prompts)
-    for d in decoders.values():  # warm-up; trees sized for tokens/s need the target's cost table (measured once)
+    for d in decoders.values():  # warm-up
         d.generate(prompt=mine[0][1][1] if mine else prompts[0][1], max_new_tokens=8)
-    dec.target.forward_costs()
+    if args.temperature == 0 and not args.fixed_size:  # greedy trees sized for tokens/s read the cost table
+        dec.target.forward_costs()  # measured once, outside the timings
+        if args.compare_unpacked:  # plain weights have their own table
+            with dec.target.unpacked():
+                dec.target.forward_costs()
     for pos, (sid, ids) in tqdm(mine, desc=shard.label(CLI), unit="prompt", file=sys.stderr, dynamic_ncols=True):
         reference: list[int] | None = None
         for method in methods:
@@ -194,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                 calls = len(tokens) if method == "hf_generate" else 0
             else:
                 base = method.removesuffix(FIXED)
-                name, _, draft = base.removeprefix("specvlm-").removesuffix(UNPACKED).partition("[")
+                name, draft = tree_name(method), base.removesuffix(UNPACKED).partition("[")[2]
                 fixed = args.fixed_size or method.endswith(FIXED)
-                tree = replace(make_tree(name), hardware_aware=False) if fixed and name in SIZED_TREES else name
+                tree = at_fixed_size(make_tree(name)) if fixed else name
                 with dec.target.unpacked() if base.endswith(UNPACKED) else contextlib.nullcontext():
                     gen = decoders[f"[{draft}" if draft else ""].generate(
                         prompt=ids,
@@ -270,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 PROFILE_COLUMNS = ["method", "draft_ms", "target_ms", "verify_ms", "cache_ms", "other_ms", "step_ms", "overhead"]
+
+
+def tree_name(method: str) -> str:
+    """'specvlm-dynamic[trained]-unpacked-fixed' -> 'dynamic'."""
+    return method.removeprefix("specvlm-").partition("[")[0].removesuffix(FIXED).removesuffix(UNPACKED)
 
 
 def profile_rows(profile: dict[str, dict[str, float]], totals: dict[str, dict[str, float]]) -> list[dict[str, Any]]:

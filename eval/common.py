@@ -208,15 +208,15 @@ def add_io_args(parser: argparse.ArgumentParser) -> None:
 def tree_from_args(args: argparse.Namespace) -> TreeBuilder | str | None:
     """A builder when shape flags (or --fixed-size) are given, else the tree name (None = the decoder's default)."""
     import specvlm
-    from specvlm.trees import make_tree
+    from specvlm.trees import at_fixed_size, make_tree
 
     tree = _shaped_tree(args)
     if not getattr(args, "fixed_size", False):
         return tree
     builder = None if tree is None else make_tree(tree)
-    if builder is None or builder.name not in ("chain", "dynamic", "opt"):
+    if builder is None or not builder.hardware_aware:
         raise specvlm.ConfigError("--fixed-size is for --tree chain, dynamic or opt: name one of them with --tree")
-    return dataclasses.replace(builder, hardware_aware=False)
+    return at_fixed_size(builder)
 
 
 def _shaped_tree(args: argparse.Namespace) -> TreeBuilder | str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,12 @@ from .errors import ConfigError
 DEFAULT_BRANCHING = (4, 2, 2, 1, 1, 1, 1)
 
 TREE_NAMES = ("ar", "chain", "static", "dynamic", "opt")
+
+
+def at_fixed_size(tree: TreeBuilder) -> TreeBuilder:
+    """The builder with its ceilings as its sizes (`hardware_aware=False`); a builder that never sizes itself for
+    tokens/s comes back as it is."""
+    return dataclasses.replace(tree, hardware_aware=False) if tree.hardware_aware else tree  # type: ignore[type-var]
 
 
 def make_tree(tree: TreeBuilder | str | None, default: TreeBuilder | None = None) -> TreeBuilder:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import specvlm
-from specvlm.trees import make_tree
+from specvlm.trees import at_fixed_size, make_tree
 
 VOCAB = 96
 
@@ -39,9 +38,7 @@ def tiny_llama(seed: int, layers: int = 2, vocab: int = VOCAB, max_positions: in
 def fixed_size(tree: str) -> specvlm.TreeBuilder:
     """The named tree at its fixed size: tests that count accepted tokens must not follow measured time (a copy of
     the target as draft costs as much as the target, so a tree sized for tokens/s drafts little)."""
-    builder = make_tree(tree)
-    sized = "hardware_aware" in {f.name for f in dataclasses.fields(builder)}  # type: ignore[arg-type]
-    return dataclasses.replace(builder, hardware_aware=False) if sized else builder
+    return at_fixed_size(make_tree(tree))
 
 
 def perturbed_copy(model: LlamaForCausalLM, scale: float, seed: int) -> LlamaForCausalLM:
