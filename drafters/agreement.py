@@ -1,8 +1,11 @@
-"""`python -m drafters.agreement`: top-1 agreement (and acceptance, KL) of drafts with the embedded target on the
-held-out split of the self-distillation data (the same split `drafters.train` never trains on).
+"""`python -m drafters.agreement`: top-1 agreement (and acceptance, KL) of drafts with the embedded target, on the
+held-out split of the self-distillation data (the same split `drafters.train` never trains on) or, with `--on bench`,
+on the target's greedy answers to the benchmark's prompts (`eval.bench --dataset mixed`: bundled news articles to
+summarise and the held-out questions and instructions), by kind of prompt.
 
   python -m drafters.agreement --data runs/distill/data.jsonl runs/distill/data-sampled.jsonl --limit 40 \\
       --drafts trained,layerskip:16,layerskip:24,layerskip:28
+  python -m drafters.agreement --on bench --limit 32 --drafts trained,runs/draft
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,18 +29,19 @@ def main(argv: list[str] | None = None) -> None:
     from specvlm.potential import potentials
 
     ap = argparse.ArgumentParser(prog=CLI, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--on", choices=["heldout", "bench"], default="heldout", help="the self-distillation split or the bench prompts"
+    )
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="--on bench: greedy answer length")
     ap.add_argument("--data", nargs="+", default=["runs/distill/data.jsonl"], help="the training run's JSONL files")
     ap.add_argument("--val-share", type=float, default=0.05, help="as given to drafters.train")
     ap.add_argument("--seed", type=int, default=0, help="as given to drafters.train")
-    ap.add_argument("--limit", type=int, default=40, help="held-out sequences scored")
+    ap.add_argument("--limit", type=int, default=40, help="held-out sequences (or bench prompts) scored")
     ap.add_argument("--drafts", default="trained,layerskip:16,layerskip:24,layerskip:28", help="comma-separated")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = [r for p in args.data for r in read_dataset(Path(p))]
-    _, val = split(records, args.val_share, args.seed)
-    val = val[: args.limit]
     dec = specvlm.load(draft="ngram")
     from specvlm.api import make_drafter
     from specvlm.models import LoadOptions
@@ -44,19 +49,39 @@ def main(argv: list[str] | None = None) -> None:
     opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
     names = [d.strip() for d in args.drafts.split(",") if d.strip()]
     drafts = {n: make_drafter(n, dec.target, opts) for n in names}
-    scores = potentials(
-        dec.target,
-        drafts,
-        [r["ids"][: r["prompt_len"]] for r in val],
-        continuations=[r["ids"][r["prompt_len"] :] for r in val],
-        batch_size=4,
-    )
-    rows = [
-        {"draft": n, "agreement": round(m.agreement, 4), "acceptance": round(m.acceptance, 4), "kl": round(m.kl, 3)}
-        for n, m in ((n, s.main) for n, s in zip(names, scores, strict=True))
-    ]
-    print(f"{len(val)} held-out sequences, {sum(len(r['ids']) - r['prompt_len'] for r in val)} response tokens")
-    print(markdown_table(rows, ["draft", "agreement", "acceptance", "kl"]))
+    groups = bench_groups(dec, args) if args.on == "bench" else heldout_group(args)
+    rows = []
+    for group, (prompts, continuations) in groups.items():
+        scores = potentials(dec.target, drafts, prompts, continuations=continuations,
+                            max_new_tokens=args.max_new_tokens, batch_size=4)  # fmt: skip
+        for n, s in zip(names, scores, strict=True):
+            m = s.main
+            rows.append({"prompts": f"{group} ({len(prompts)})", "draft": n, "agreement": round(m.agreement, 4),
+                         "acceptance": round(m.acceptance, 4), "kl": round(m.kl, 3)})  # fmt: skip
+    print(markdown_table(rows, ["prompts", "draft", "agreement", "acceptance", "kl"]))
+
+
+Group = tuple[list[list[int]], list[list[int]] | str]  # prompts, continuations (or "target")
+
+
+def heldout_group(args: argparse.Namespace) -> dict[str, Group]:
+    """The held-out split's first `--limit` records, teacher-forced on their stored responses."""
+    records = [r for p in args.data for r in read_dataset(Path(p))]
+    _, val = split(records, args.val_share, args.seed)
+    val = val[: args.limit]
+    return {"held-out": ([r["ids"][: r["prompt_len"]] for r in val], [r["ids"][r["prompt_len"] :] for r in val])}
+
+
+def bench_groups(dec: Any, args: argparse.Namespace) -> dict[str, Group]:
+    """`eval.bench --dataset mixed --limit N`'s prompts by kind (news / question / instruction), answered greedily."""
+    from eval.bench import build_parser, load_prompts
+
+    prompts = load_prompts(build_parser().parse_args(["--dataset", "mixed", "--limit", str(args.limit)]), dec)
+    kinds = {"n": "news", "q": "question", "i": "instruction"}
+    groups: dict[str, Group] = {}
+    for pid, ids in prompts:
+        groups.setdefault(kinds.get(pid[0], "other"), ([], "target"))[0].append(ids)
+    return groups
 
 
 if __name__ == "__main__":

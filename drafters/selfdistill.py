@@ -1,9 +1,11 @@
 """Self-distillation data: the target answers prompts it (mostly) wrote itself, so no external dataset is needed.
 
-Three prompt sources, all generated here:
+Four prompt sources, all generated here:
   1. user turns sampled from the target's own chat distribution (T=1, top-p 0.95, after a bare user header),
-  2. instruction templates x topics (explain / list / story / email / compare / advise ...),
-  3. "summarise this article" over articles the target wrote in round 1 (summaries copy from their source, as the
+  2. user turns that open with a question or request word ("How does", "Why do", "Write a", "Suggest" ...) and are
+     sampled on from there (`--opened N`): the everyday questions and instructions users actually send,
+  3. instruction templates x topics (explain / list / story / email / compare / advise ...),
+  4. "summarise this article" over articles the target wrote in round 1 (summaries copy from their source, as the
      news evaluation does).
 Responses are the target's greedy continuations, which is what a greedy speculative decoder must predict.
 The output is JSONL, one record per response: {"source", "prompt", "ids"} where `ids` = chat-formatted prompt +
@@ -16,6 +18,7 @@ import json
 import random
 import time
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,9 +71,17 @@ SUMMARY_TEMPLATES = (
 )
 
 
+OPENERS = (
+    "How do", "How does", "How can I", "How should I", "Why do", "Why does", "Why is", "What is the difference between",
+    "What causes", "What should I", "What are", "Is it true that", "Can you explain", "Write a", "Write an",
+    "Suggest", "Draft a", "Rewrite this sentence", "Plan a", "Give me a", "Explain", "Describe", "Create a", "List",
+    "Help me", "Compose a", "Recommend", "Summarize",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Prompt:
-    source: str  # sampled | template | summary
+    source: str  # sampled | opened | template | summary
     text: str
 
 
@@ -141,6 +152,42 @@ def sampled_user_prompts(
     return out[:n]
 
 
+def opened_user_prompts(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    n: int,
+    batch_size: int,
+    seed: int,
+    stop: list[int],
+    exclude: AbstractSet[str] = frozenset(),
+) -> list[Prompt]:
+    """User turns that begin with an opener word and are sampled on by the target (T=0.9, top-p 0.95) to the end of
+    the line; prompts in `exclude` (e.g. the evaluation's, compared case- and space-insensitively) are dropped."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    header = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False)
+    head_ids = tokenizer(header.split("\x00")[0], add_special_tokens=False)["input_ids"]
+    newline = [t for nl in ("\n", "\n\n") for t in tokenizer(nl, add_special_tokens=False)["input_ids"]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    banned = {" ".join(e.lower().split()) for e in exclude}
+    out: list[Prompt] = []
+    seen: set[str] = set()
+    bar = tqdm(total=n, desc="opened prompts", unit="prompt", dynamic_ncols=True)
+    while len(out) < n:
+        openers = [rng.choice(OPENERS) for _ in range(batch_size)]
+        rows = [head_ids + tokenizer(o, add_special_tokens=False)["input_ids"] for o in openers]
+        continued = generate_batch(model, rows, 40, pad, stop + newline, do_sample=True, temperature=0.9, top_p=0.95)
+        for opener, new in zip(openers, continued, strict=True):
+            text = (opener + tokenizer.decode(new, skip_special_tokens=True)).strip().split("\n")[0].strip()
+            key = " ".join(text.lower().split())
+            if len(out) < n and len(text) >= len(opener) + 8 and key not in banned and key not in seen:
+                seen.add(key)
+                out.append(Prompt("opened", text))
+                bar.update(1)
+    bar.close()
+    return out
+
+
 def by_length(prompts: list[tuple[Prompt, list[int]]], batch_size: int) -> Iterator[list[tuple[Prompt, list[int]]]]:
     """Batches of similar prompt length (less padding)."""
     ordered = sorted(prompts, key=lambda p: len(p[1]))
@@ -192,9 +239,12 @@ def build_dataset(
     seed: int = 0,
     chunk: int = 256,
     templates: bool = True,
+    n_opened: int = 0,
+    exclude: AbstractSet[str] = frozenset(),
 ) -> Path:
-    """Round 1 (sampled + template prompts) in chunks; after each chunk, summaries of its long answers (round 2),
-    so that a run stopped at any point holds every kind of prompt.  Prompts already in `out_path` are skipped."""
+    """Round 1 (sampled, opened and template prompts) in chunks; after each chunk, summaries of its long answers
+    (round 2), so that a run stopped at any point holds every kind of prompt.  Prompts already in `out_path` are
+    skipped."""
     stop = stop_ids(tokenizer)
     rng = random.Random(seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +252,8 @@ def build_dataset(
     round1 = (template_prompts(rng) if templates else []) + sampled_user_prompts(
         model, tokenizer, n_sampled, batch_size, seed, stop
     )
+    if n_opened:
+        round1 += opened_user_prompts(model, tokenizer, n_opened, batch_size, seed, stop, exclude)
     random.Random(seed + 1).shuffle(round1)
     for i in range(0, len(round1), chunk):
         todo = [p for p in round1[i : i + chunk] if p.text not in done]
@@ -216,6 +268,12 @@ def build_dataset(
         summaries = [Prompt("summary", rng.choice(SUMMARY_TEMPLATES).format(a=a)) for a in long_texts[:n]]
         answer(model, tokenizer, summaries, out_path, batch_size, max_new_tokens, stop)
     return out_path
+
+
+def evaluation_prompts() -> set[str]:
+    """The bundled held-out questions and instructions (eval/data), never to be trained on."""
+    path = Path(__file__).resolve().parent.parent / "eval" / "data" / "heldout_prompts.jsonl"
+    return {r["prompt"] for r in read_dataset(path)} if path.exists() else set()
 
 
 def read_dataset(path: Path) -> list[dict[str, Any]]:
@@ -240,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-templates", action="store_true", help="sampled prompts only (e.g. a second worker)")
+    ap.add_argument(
+        "--opened", type=int, default=0, help="user turns opened with a question/request word and sampled on"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -256,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
             args.max_new_tokens,
             args.seed,
             templates=not args.no_templates,
+            n_opened=args.opened,
+            exclude=evaluation_prompts(),
         )
 
 

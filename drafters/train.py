@@ -10,6 +10,7 @@ chain) -> held-out top-1 agreement per level -> an HF-format folder that `specvl
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -108,6 +109,25 @@ def load_examples(path: Path) -> tuple[list[Example], list[Example]]:
         for p in (pack["train"], pack["val"])
     ]
     return split_ex[0], split_ex[1]
+
+
+def cached_features(
+    target: PreTrainedModel, records: list[dict[str, Any]], folder: Path, log: Any
+) -> dict[tuple[int, ...], Example]:
+    """Every record's target features by its token ids: read from the `features-*.pt` caches in `folder`, the
+    missing ones computed in one pass and saved as a new cache file (so adding a data file costs only its own pass)."""
+    known: dict[tuple[int, ...], Example] = {}
+    for path in sorted(folder.glob("features-*.pt")):
+        for part in load_examples(path):
+            known.update((tuple(e.ids.tolist()), e) for e in part)
+    missing = list({tuple(r["ids"]): r for r in records if tuple(r["ids"]) not in known}.values())
+    if missing:
+        print(f"target features for {len(missing)} of {len(records)} records (the rest cached)", file=log, flush=True)
+        new = target_features(target, missing, 8192)
+        digest = hashlib.sha1(repr([r["ids"] for r in missing]).encode()).hexdigest()[:10]
+        save_examples(folder / f"features-{len(missing)}-{digest}.pt", new, [])
+        known.update((tuple(e.ids.tolist()), e) for e in new)
+    return known
 
 
 def head_tokens(examples: list[Example], size: int, always: list[int]) -> torch.Tensor:
@@ -275,13 +295,9 @@ def train(
         build_dataset(target, tokenizer, paths[0])
     records = [r for p in paths for r in read_dataset(p)]
     train_recs, val_recs = split(records, cfg.val_share, cfg.seed)
-    feats_path = paths[0].parent / f"features-{len(records)}.pt"  # the target pass, cached for later runs
-    if feats_path.exists():
-        train_ex, val_ex = load_examples(feats_path)
-    else:
-        train_ex = target_features(target, train_recs, 8192)
-        val_ex = target_features(target, val_recs, 8192)
-        save_examples(feats_path, train_ex, val_ex)
+    known = cached_features(target, records, paths[0].parent, log)  # the target pass, cached for later runs
+    train_ex = [known[tuple(r["ids"])] for r in train_recs]
+    val_ex = [known[tuple(r["ids"])] for r in val_recs]
     start = FeatureDraftModel.from_pretrained(cfg.init_from, dtype=torch.float32) if cfg.init_from else None
     head_ids = start.head_ids.clone() if start is not None else head_tokens(train_ex, cfg.head_size, stops)
     n_train = sum(len(e.ids) - e.start - 1 for e in train_ex)

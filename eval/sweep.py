@@ -23,6 +23,7 @@ from eval.common import (
     run_cli,
     write_json,
 )
+from specvlm.builders import Autoregressive, ChainTree, DynamicTree, TreeBuilder
 
 CLI = "sweep"
 
@@ -39,23 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budgets", type=positive_int_list, default=[8, 12, 16, 24], help="dynamic tree budgets B")
     parser.add_argument("--depths", type=positive_int_list, default=[4, 6, 8], help="tree depths (also chain depths)")
     parser.add_argument("--topk", type=int, default=4, help="dynamic tree: children per expanded node")
+    parser.add_argument(
+        "--fixed-size",
+        action="store_true",
+        help="draft every tree at its full budget and depth (without it, greedy trees are sized for tokens/s from the "
+        "measured forward costs, so budget and depth are ceilings)",
+    )
     add_model_args(parser)
     add_io_args(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from specvlm.builders import Autoregressive, ChainTree, DynamicTree, TreeBuilder
+def sweep_trees(args: argparse.Namespace) -> dict[str, TreeBuilder]:
+    """The swept trees by row name: autoregressive, then per depth a chain and a dynamic tree of each budget."""
+    sized = not args.fixed_size
+    trees: dict[str, TreeBuilder] = {"ar": Autoregressive()}
+    for depth in args.depths:
+        trees[f"chain d={depth}"] = ChainTree(depth=depth, hardware_aware=sized)
+        for budget in args.budgets:
+            trees[f"dynamic B={budget} d={depth}"] = DynamicTree(
+                budget=budget, topk=args.topk, depth=depth, hardware_aware=sized
+            )
+    return trees
 
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out, _ = result_paths(args, CLI)
     dec = load_decoder(args)
     prompts = load_prompts(args, dec)
-    trees: dict[str, TreeBuilder] = {"ar": Autoregressive()}
-    for depth in args.depths:
-        trees[f"chain d={depth}"] = ChainTree(depth=depth)
-        for budget in args.budgets:
-            trees[f"dynamic B={budget} d={depth}"] = DynamicTree(budget=budget, topk=args.topk, depth=depth)
+    trees = sweep_trees(args)
     dec.generate(prompt=prompts[0][1], max_new_tokens=8)  # warm-up
     totals = {name: [0, 0.0, 0] for name in trees}  # tokens, seconds, target calls
     for _, ids in tqdm(prompts, desc=CLI, unit="prompt", file=sys.stderr, dynamic_ncols=True):

@@ -16,7 +16,17 @@ import specvlm
 from drafters.feature_draft import FeatureDrafter, FeatureDraftModel, draft_config, is_feature_draft
 from drafters.mixture import MixtureDrafter, mix_logits
 from drafters.ngram import NGramDrafter
-from drafters.train import TrainConfig, evaluate, level_mask, load_examples, train, unrolled
+from drafters.selfdistill import OPENERS, opened_user_prompts, stop_ids
+from drafters.train import (
+    TrainConfig,
+    cached_features,
+    evaluate,
+    level_mask,
+    load_examples,
+    split,
+    train,
+    unrolled,
+)
 
 VOCAB = 96
 
@@ -93,13 +103,16 @@ def self_distilled(target: LlamaForCausalLM, count: int, seed: int, new: int = 4
 def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path) -> None:
     target = tiny_llama(seed=0, vocab=VOCAB).requires_grad_(False)
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in self_distilled(target, 24, seed=11)))
+    records = self_distilled(target, 24, seed=11)
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = TrainConfig(data=[str(data)], out=str(tmp_path / "draft"), head_size=64, levels=2, lr=3e-3,
                       batch_tokens=512, epochs=40, val_share=0.2, eval_every=1000)  # fmt: skip
     report = train(target, cfg, io.StringIO(), stops=[0])
     assert report["final"]["agree_l0"] >= 0 and report["steps"] > 0
     # it learnt its training text: agreement there rises well above the untrained draft's
-    ((train_ex, _),) = [load_examples(f) for f in tmp_path.glob("features-*.pt")]
+    (cache,) = tmp_path.glob("features-*.pt")
+    known = {tuple(e.ids.tolist()): e for part in load_examples(cache) for e in part}
+    train_ex = [known[tuple(r["ids"])] for r in split(records, cfg.val_share, cfg.seed)[0]]
     embed, head = target.get_input_embeddings(), target.get_output_embeddings().weight
     trained = FeatureDraftModel.from_pretrained(str(tmp_path / "draft"), dtype=torch.float32)
     untrained = random_draft(target, seed=0, head=trained.head_ids)
@@ -113,6 +126,23 @@ def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path) -> 
     assert isinstance(decoder.drafter, FeatureDrafter) and 0 in decoder.drafter.head_ids.tolist()
     for ids in random_prompts(3, seed=12, vocab=VOCAB):
         assert decoder.generate(None, ids, max_new_tokens=20, tree="dynamic").tokens == hf_greedy(target, ids, 20)
+
+
+def test_feature_cache_computes_only_records_it_has_not_seen(tmp_path: Path) -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB).requires_grad_(False)
+    first, more = self_distilled(target, 3, seed=5, new=6), self_distilled(target, 2, seed=6, new=6)
+    log = io.StringIO()
+    known = cached_features(target, first, tmp_path, log)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 1 and "3 of 3" in log.getvalue()
+    again = cached_features(target, first + more, tmp_path, log)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 2 and "2 of 5" in log.getvalue()
+    for r in first:  # read back from the first file, not recomputed
+        torch.testing.assert_close(again[tuple(r["ids"])].feats, known[tuple(r["ids"])].feats)
+    with torch.no_grad():
+        hidden = target(torch.tensor([more[0]["ids"]]), output_hidden_states=True).hidden_states[-1][0]
+    torch.testing.assert_close(again[tuple(more[0]["ids"])].feats.float(), hidden, atol=2e-2, rtol=2e-2)
+    cached_features(target, first + more, tmp_path, log)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 2
 
 
 def test_mixture_is_the_weighted_distribution_of_the_sources_that_propose() -> None:
@@ -141,3 +171,14 @@ def test_a_saved_default_tree_comes_with_the_draft(tmp_path: Path) -> None:
     assert specvlm.load(target, draft=str(tmp_path)).default_tree == specvlm.ChainTree(depth=3)
     mixture = specvlm.load(target, draft=MixtureDrafter([FeatureDrafter(draft, target), NGramDrafter()]))
     assert mixture.default_tree == specvlm.ChainTree(depth=3)  # a mixture takes its first source's tree
+
+
+def test_opened_prompts_start_with_an_opener_and_skip_excluded_ones(embedded: specvlm.Decoder) -> None:
+    model, tok = embedded.target.model, embedded.tokenizer
+    stop = stop_ids(tok)
+    first = opened_user_prompts(model, tok, 4, batch_size=4, seed=3, stop=stop)
+    assert len(first) == 4 and len({p.text for p in first}) == 4
+    assert all(p.source == "opened" and p.text.startswith(OPENERS) and "\n" not in p.text for p in first)
+    # the same seed again, told to leave out the first one (as the evaluation's prompts are left out)
+    again = opened_user_prompts(model, tok, 4, batch_size=4, seed=3, stop=stop, exclude={first[0].text.upper()})
+    assert first[0].text not in {p.text for p in again} and first[1].text in {p.text for p in again}

@@ -38,3 +38,14 @@ def test_fixed_size_turns_off_sizing_for_tokens_per_second() -> None:
         tree_of("--fixed-size")
     with pytest.raises(specvlm.ConfigError, match="--fixed-size is for --tree chain, dynamic or opt"):
         tree_of("--tree", "static", "--fixed-size")
+
+
+def test_sweep_sizes_its_trees_unless_fixed_size() -> None:
+    from eval.sweep import build_parser, sweep_trees
+
+    sized = sweep_trees(build_parser().parse_args(["--budgets", "8,16", "--depths", "4"]))
+    assert list(sized) == ["ar", "chain d=4", "dynamic B=8 d=4", "dynamic B=16 d=4"]
+    assert sized["dynamic B=16 d=4"] == specvlm.DynamicTree(budget=16, topk=4, depth=4)
+    fixed = sweep_trees(build_parser().parse_args(["--budgets", "8", "--depths", "4", "--topk", "2", "--fixed-size"]))
+    assert fixed["chain d=4"] == specvlm.ChainTree(depth=4, hardware_aware=False)
+    assert fixed["dynamic B=8 d=4"] == specvlm.DynamicTree(budget=8, topk=2, depth=4, hardware_aware=False)
