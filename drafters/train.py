@@ -111,13 +111,22 @@ def load_examples(path: Path) -> tuple[list[Example], list[Example]]:
     return split_ex[0], split_ex[1]
 
 
+def target_tag(target: PreTrainedModel) -> str:
+    """A short fingerprint of the target: its config and the first rows of its output head."""
+    digest = hashlib.sha1(target.config.to_json_string(use_diff=False).encode())
+    digest.update(target.get_output_embeddings().weight[:8].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:8]
+
+
 def cached_features(
     target: PreTrainedModel, records: list[dict[str, Any]], folder: Path, log: Any
 ) -> dict[tuple[int, ...], Example]:
-    """Every record's target features by its token ids: read from the `features-*.pt` caches in `folder`, the
-    missing ones computed in one pass and saved as a new cache file (so adding a data file costs only its own pass)."""
+    """Every record's target features by its token ids: read from this target's `features-<target>-*.pt` caches in
+    `folder`, the missing ones computed in one pass and saved as a new cache file (so adding a data file costs only
+    its own pass; another target, or other weights, never reads these)."""
+    tag = target_tag(target)
     known: dict[tuple[int, ...], Example] = {}
-    for path in sorted(folder.glob("features-*.pt")):
+    for path in sorted(folder.glob(f"features-{tag}-*.pt")):
         for part in load_examples(path):
             known.update((tuple(e.ids.tolist()), e) for e in part)
     missing = list({tuple(r["ids"]): r for r in records if tuple(r["ids"]) not in known}.values())
@@ -125,7 +134,7 @@ def cached_features(
         print(f"target features for {len(missing)} of {len(records)} records (the rest cached)", file=log, flush=True)
         new = target_features(target, missing, 8192)
         digest = hashlib.sha1(repr([r["ids"] for r in missing]).encode()).hexdigest()[:10]
-        save_examples(folder / f"features-{len(missing)}-{digest}.pt", new, [])
+        save_examples(folder / f"features-{tag}-{len(missing)}-{digest}.pt", new, [])
         known.update((tuple(e.ids.tolist()), e) for e in new)
     return known
 

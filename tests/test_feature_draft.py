@@ -143,6 +143,9 @@ def test_feature_cache_computes_only_records_it_has_not_seen(tmp_path: Path) -> 
     torch.testing.assert_close(again[tuple(more[0]["ids"])].feats.float(), hidden, atol=2e-2, rtol=2e-2)
     cached_features(target, first + more, tmp_path, log)
     assert len(list(tmp_path.glob("features-*.pt"))) == 2
+    other = tiny_llama(seed=1, vocab=VOCAB).requires_grad_(False)  # same config, other weights: its own cache
+    cached_features(other, first, tmp_path, log)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 3 and log.getvalue().count("3 of 3") == 2
 
 
 def test_mixture_is_the_weighted_distribution_of_the_sources_that_propose() -> None:
