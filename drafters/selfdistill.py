@@ -131,15 +131,23 @@ def generate_batch(
     return result
 
 
+def user_header_ids(tokenizer: Any) -> list[int]:
+    """The chat template's tokens up to where a user turn's text begins."""
+    header = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False)
+    return tokenizer(header.split("\x00")[0], add_special_tokens=False)["input_ids"]
+
+
+def padding_id(tokenizer: Any, stop: list[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+
+
 def sampled_user_prompts(
     model: PreTrainedModel, tokenizer: Any, n: int, batch_size: int, seed: int, stop: list[int]
 ) -> list[Prompt]:
     """User turns drawn from the target itself: a bare user header, sampled at T=1."""
     torch.manual_seed(seed)
-    header = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False)
-    prefix = header.split("\x00")[0]
-    head_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    head_ids = user_header_ids(tokenizer)
+    pad = padding_id(tokenizer, stop)
     out: list[Prompt] = []
     for _ in tqdm(range(0, n, batch_size), desc="sampling prompts", unit="batch", dynamic_ncols=True):
         rows = generate_batch(
@@ -165,10 +173,9 @@ def opened_user_prompts(
     the line; prompts in `exclude` (e.g. the evaluation's, compared case- and space-insensitively) are dropped."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    header = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False)
-    head_ids = tokenizer(header.split("\x00")[0], add_special_tokens=False)["input_ids"]
+    head_ids = user_header_ids(tokenizer)
     newline = [t for nl in ("\n", "\n\n") for t in tokenizer(nl, add_special_tokens=False)["input_ids"]]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    pad = padding_id(tokenizer, stop)
     banned = {" ".join(e.lower().split()) for e in exclude}
     out: list[Prompt] = []
     seen: set[str] = set()
@@ -207,7 +214,7 @@ def answer(
     max_prompt_tokens: int = 768,
 ) -> list[dict[str, Any]]:
     """Greedy responses, appended to `out_path` batch by batch."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    pad = padding_id(tokenizer, stop)
     encoded = [(p, chat_ids(tokenizer, p.text)) for p in prompts]
     encoded = [(p, ids) for p, ids in encoded if len(ids) <= max_prompt_tokens]
     records = []

@@ -24,6 +24,7 @@ from eval.common import (
     write_json,
 )
 from specvlm.builders import Autoregressive, ChainTree, DynamicTree, TreeBuilder
+from specvlm.trees import at_fixed_size
 
 CLI = "sweep"
 
@@ -53,15 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_trees(args: argparse.Namespace) -> dict[str, TreeBuilder]:
     """The swept trees by row name: autoregressive, then per depth a chain and a dynamic tree of each budget."""
-    sized = not args.fixed_size
     trees: dict[str, TreeBuilder] = {"ar": Autoregressive()}
     for depth in args.depths:
-        trees[f"chain d={depth}"] = ChainTree(depth=depth, hardware_aware=sized)
+        trees[f"chain d={depth}"] = ChainTree(depth=depth)
         for budget in args.budgets:
-            trees[f"dynamic B={budget} d={depth}"] = DynamicTree(
-                budget=budget, topk=args.topk, depth=depth, hardware_aware=sized
-            )
-    return trees
+            trees[f"dynamic B={budget} d={depth}"] = DynamicTree(budget=budget, topk=args.topk, depth=depth)
+    return {name: at_fixed_size(tree) for name, tree in trees.items()} if args.fixed_size else trees
 
 
 def main(argv: list[str] | None = None) -> int:
