@@ -160,21 +160,34 @@ class FeatureSession(DraftSession):
         self.node_logits = {0: self.d.full_logits(out[-1:])[0]}
         self.pending = []
 
+    def _feed_nodes(self, new: list[int], tokens: list[int], parents: list[int]) -> None:
+        """Feed tree nodes whose parents are fed (one draft forward) and keep their features and logits."""
+        past = self._past()
+        mask, depth = append_nodes_mask(new, parents, self.slot, self.base, past, self.d.dtype)
+        feats = torch.stack([self.out[parents[n]] for n in new])  # [K, H]
+        out = self._forward([tokens[n] for n in new], feats, [self.base + d for d in depth], mask)
+        logits = self.d.full_logits(out)  # [K, V]
+        for row, node in enumerate(new):
+            self.slot[node] = past + row
+            self.out[node] = out[row]
+            self.node_logits[node] = logits[row]
+
     @torch.inference_mode()
     def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
         if self.pending:
             self._feed_pending()
-        new = [n for n in nodes if n not in self.slot]
-        if new:
-            past = self._past()
-            mask, depth = append_nodes_mask(new, parents, self.slot, self.base, past, self.d.dtype)
-            feats = torch.stack([self.out[parents[n]] for n in new])  # [K, H]
-            out = self._forward([tokens[n] for n in new], feats, [self.base + d for d in depth], mask)
-            logits = self.d.full_logits(out)  # [K, V]
-            for row, node in enumerate(new):
-                self.slot[node] = past + row
-                self.out[node] = out[row]
-                self.node_logits[node] = logits[row]
+        # a mixture may have skipped this draft at some ancestors: feed those first, shallowest level first
+        missing: dict[int, int] = {}  # node -> depth below its deepest fed ancestor
+        for node in nodes:
+            chain, cur = [], node
+            while cur not in self.slot and cur not in missing:
+                chain.append(cur)
+                cur = parents[cur]
+            base = missing.get(cur, 0)
+            for i, n in enumerate(reversed(chain)):
+                missing[n] = base + i + 1
+        for level in sorted(set(missing.values())):
+            self._feed_nodes([n for n in missing if missing[n] == level], tokens, parents)
         return torch.stack([self.node_logits[n] for n in nodes])  # [len(nodes), V]
 
     def observe_hidden(self, hidden: torch.Tensor) -> None:
@@ -183,6 +196,12 @@ class FeatureSession(DraftSession):
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         if self.hidden is None:
             raise RuntimeError("the feature draft needs the target's hidden states of the scored tree")
+        feats = self.hidden[torch.tensor(path, device=self.hidden.device)]  # [len(path), H]
+        if self.pending:  # never asked this step (a mixture drafted without it): feed everything next time
+            self.pending += list(new_tokens)
+            self.pending_feats = torch.cat([self.pending_feats, feats])
+            self.hidden = None
+            return
         # keep the root (fed with a real feature) only
         if isinstance(self.cache, LeanKV):
             self.cache.keep(self.base, [self.base])
@@ -190,7 +209,7 @@ class FeatureSession(DraftSession):
             keep_positions(self.cache, self.base, [self.base])
         self.base += 1
         self.pending = list(new_tokens)
-        self.pending_feats = self.hidden[torch.tensor(path, device=self.hidden.device)]  # [len(path), H]
+        self.pending_feats = feats
         self.slot, self.out, self.node_logits, self.hidden = {}, {}, {}, None
 
 

@@ -32,23 +32,31 @@ class NGramSession(DraftSession):
                     self.follow[tuple(self.seq[end - n : end])][tok] += 1
             self.seq.append(tok)
 
-    def _counts(self, context: list[int]) -> Counter[int] | None:
+    def _match(self, context: list[int]) -> tuple[int, Counter[int] | None]:
+        """The longest n (max_n down to min_n) whose last-n context occurred before, and what followed it."""
         for n in range(min(self.max_n, len(context)), self.min_n - 1, -1):
             found = self.follow.get(tuple(context[-n:]))
             if found:
-                return found
-        return None
+                return n, found
+        return 0, None
+
+    def _context(self, node: int, tokens: list[int], parents: list[int]) -> list[int]:
+        """The last max_n committed tokens, then the tree path from the root down to `node`."""
+        path: list[int] = []
+        cur = node
+        while cur > 0:  # the root is already the last token of self.seq
+            path.append(tokens[cur])
+            cur = parents[cur]
+        return self.seq[-self.max_n :] + path[::-1]
+
+    def match_lengths(self, nodes: list[int], tokens: list[int], parents: list[int]) -> list[int]:
+        """For each node, the length of the n-gram its proposal comes from (0: it proposes nothing)."""
+        return [self._match(self._context(node, tokens, parents))[0] for node in nodes]
 
     def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
         out = torch.full((len(nodes), self.vocab), -math.inf)  # [K, V]
         for row, node in enumerate(nodes):
-            path: list[int] = []
-            cur = node
-            while cur > 0:  # the root is already the last token of self.seq
-                path.append(tokens[cur])
-                cur = parents[cur]
-            context = self.seq[-self.max_n :] + path[::-1]
-            counts = self._counts(context)
+            _, counts = self._match(self._context(node, tokens, parents))
             if counts:
                 ids = torch.tensor(list(counts.keys()), dtype=torch.long)
                 freq = torch.tensor(list(counts.values()), dtype=torch.float32)

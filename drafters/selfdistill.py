@@ -6,7 +6,9 @@ Four prompt sources, all generated here:
      sampled on from there (`--opened N`): the everyday questions and instructions users actually send,
   3. instruction templates x topics (explain / list / story / email / compare / advise ...),
   4. "summarise this article" over articles the target wrote in round 1 (summaries copy from their source, as the
-     news evaluation does).
+     news evaluation does),
+  5. the same over long texts (400-760 tokens) joined from answers in earlier files (`--long-summaries N --from
+     FILES`): round-2 summaries stay under ~560 tokens, the news evaluation's prompts reach ~800.
 Responses are the target's greedy continuations, which is what a greedy speculative decoder must predict.
 The output is JSONL, one record per response: {"source", "prompt", "ids"} where `ids` = chat-formatted prompt +
 response token ids.  Records are appended batch by batch, so a run can be stopped and resumed.
@@ -81,7 +83,7 @@ OPENERS = (
 
 @dataclass(frozen=True)
 class Prompt:
-    source: str  # sampled | opened | template | summary
+    source: str  # sampled | opened | template | summary | long-summary
     text: str
 
 
@@ -235,6 +237,16 @@ def answer(
     return records
 
 
+def response_text(tokenizer: Any, record: dict[str, Any]) -> str:
+    """The target's answer in a record, as text."""
+    return str(tokenizer.decode(record["ids"][record["prompt_len"] :], skip_special_tokens=True)).strip()
+
+
+def is_long(record: dict[str, Any], tokens: int = 120) -> bool:
+    """An answer long enough to be summarised."""
+    return len(record["ids"]) - record["prompt_len"] >= tokens
+
+
 def build_dataset(
     model: PreTrainedModel,
     tokenizer: Any,
@@ -265,16 +277,35 @@ def build_dataset(
     for i in range(0, len(round1), chunk):
         todo = [p for p in round1[i : i + chunk] if p.text not in done]
         records = answer(model, tokenizer, todo, out_path, batch_size, max_new_tokens, stop)
-        long_texts = [
-            tokenizer.decode(r["ids"][r["prompt_len"] :], skip_special_tokens=True).strip()
-            for r in records
-            if len(r["ids"]) - r["prompt_len"] >= 120
-        ]
+        long_texts = [response_text(tokenizer, r) for r in records if is_long(r)]
         rng.shuffle(long_texts)
         n = round(len(records) * summary_share)
         summaries = [Prompt("summary", rng.choice(SUMMARY_TEMPLATES).format(a=a)) for a in long_texts[:n]]
         answer(model, tokenizer, summaries, out_path, batch_size, max_new_tokens, stop)
     return out_path
+
+
+def long_summary_prompts(
+    tokenizer: Any, records: list[dict[str, Any]], count: int, seed: int, min_tokens: int = 400, max_tokens: int = 760
+) -> list[Prompt]:
+    """Summary requests over texts of `min_tokens`..`max_tokens` tokens, each joined from whole answers (of 120+
+    tokens) in `records`: the long contexts a summary of a news article drafts in."""
+    answers = [(response_text(tokenizer, r), len(r["ids"]) - r["prompt_len"]) for r in records if is_long(r)]
+    if not answers:
+        raise ValueError("no answer of 120+ tokens to build long texts from: pass earlier selfdistill files")
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(count):
+        goal, parts, total = rng.randint(min_tokens, max_tokens), [], 0
+        while total < goal:
+            fitting = [a for a in answers if total + a[1] <= max_tokens] or ([] if parts else answers)
+            if not fitting:
+                break
+            text, n = rng.choice(fitting)
+            parts.append(text)
+            total += n
+        prompts.append(Prompt("long-summary", rng.choice(SUMMARY_TEMPLATES).format(a="\n\n".join(parts))))
+    return prompts
 
 
 def evaluation_prompts() -> set[str]:
@@ -308,12 +339,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--opened", type=int, default=0, help="user turns opened with a question/request word and sampled on"
     )
+    ap.add_argument(
+        "--long-summaries",
+        type=int,
+        default=0,
+        help="only this: N summary requests over 400-760-token texts joined from the answers in --from files",
+    )
+    ap.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], help="earlier selfdistill JSONL files")
     args = ap.parse_args(argv)
+    if args.long_summaries and not args.sources:
+        ap.error("--long-summaries needs --from FILE ... (earlier selfdistill output to join answers from)")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_embedded(LoadOptions(dtype="float32"))
     packed = maybe_pack(model, None)  # batched decode steps are 64-row matmuls: packed weights ~1.5x faster on CPU
     with packed_if(packed):
+        if args.long_summaries:
+            records = [r for path in args.sources for r in read_dataset(path)]
+            prompts = long_summary_prompts(tokenizer, records, args.long_summaries, args.seed)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            done = {r["prompt"] for r in read_dataset(args.out)} if args.out.exists() else set()
+            todo = [p for p in prompts if p.text not in done]
+            answer(model, tokenizer, todo, args.out, args.batch_size, args.max_new_tokens, stop_ids(tokenizer), 900)
+            return
         build_dataset(
             model,
             tokenizer,

@@ -216,9 +216,10 @@ class Decoder:
 def make_drafter(
     draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
 ) -> Drafter:
-    """A drafter from a spec: None -> the default (n-grams), "ngram[:N]", "layerskip:K" (the target's first K layers,
-    its weights shared), "embedded" (SmolLM2-135M as a draft), a model id / path / GGUF / model (a llava draft comes
-    with its processor)."""
+    """A drafter from a spec: None -> the default ("trained+ngram" for the embedded target, else n-grams),
+    "ngram[:N]", "layerskip:K" (the target's first K layers, its weights shared), "A+B[@N]" (a mixture, N = its copy
+    gate), "embedded" (SmolLM2-135M as a draft), a model id / path / GGUF / model (a llava draft comes with its
+    processor)."""
     from drafters.feature_draft import is_feature_draft, load_feature_draft
     from drafters.model import ModelDrafter  # drafters depend on specvlm: import them lazily
     from drafters.ngram import NGramDrafter
@@ -232,11 +233,17 @@ def make_drafter(
     if isinstance(draft, str) and "+" in draft and not os.path.exists(draft):  # e.g. "trained+ngram": one mixture
         from drafters.mixture import MixtureDrafter
 
-        return MixtureDrafter([make_drafter(part, target, opts, draft_tokenizer) for part in draft.split("+")])
+        parts, _, gate = draft.partition("@")  # "trained+ngram@0": the copy gate off (default 2)
+        if gate and not gate.isdigit():
+            raise ConfigError(f"bad mixture {draft!r}: '@N' sets the copy gate, an n-gram length (0 = off)")
+        drafters = [make_drafter(part, target, opts, draft_tokenizer) for part in parts.split("+")]
+        return MixtureDrafter(drafters, copy_gate=int(gate)) if gate else MixtureDrafter(drafters)
     if draft is None and mini_vlm.is_embedded_target(target.model):  # the embedded VLM pair's own llava draft
         return make_drafter(mini_vlm.DRAFT_ALIAS, target, opts, draft_tokenizer)
-    if draft is None:  # prompt n-grams: still faster than the shipped trained draft on CPU (docs/performance.md)
-        return NGramDrafter(max_n=3)
+    if draft is None:  # the shipped draft + prompt n-grams for its target (2.17x HF generate, docs/performance.md)
+        from drafters.shipped import fits
+
+        return make_drafter("trained+ngram", target, opts) if fits(target.model) else NGramDrafter(max_n=3)
     if isinstance(draft, str) and draft == "trained":
         from drafters.shipped import load_shipped
 
@@ -324,8 +331,8 @@ _DEFAULTS: dict[bool, Decoder] = {}
 
 
 def default_decoder(image: bool = False) -> Decoder:
-    """The embedded defaults, loaded once and cached: SmolLM2-135M-Instruct with n-grams, or with `image` the
-    embedded mini VLM (a llava around SmolLM2, trained on rendered scenes) with its llava draft."""
+    """The embedded defaults, loaded once and cached: SmolLM2-135M-Instruct with its shipped draft and n-grams, or
+    with `image` the embedded mini VLM (a llava around SmolLM2, trained on rendered scenes) with its llava draft."""
     if image not in _DEFAULTS:  # the one cache of the embedded defaults, so repeated calls do not reload weights
         _DEFAULTS[image] = load(mini_vlm.TARGET_ALIAS) if image else load()
     return _DEFAULTS[image]

@@ -16,7 +16,14 @@ import specvlm
 from drafters.feature_draft import FeatureDrafter, FeatureDraftModel, draft_config, is_feature_draft
 from drafters.mixture import MixtureDrafter, mix_logits
 from drafters.ngram import NGramDrafter
-from drafters.selfdistill import OPENERS, opened_user_prompts, stop_ids
+from drafters.selfdistill import (
+    OPENERS,
+    SUMMARY_TEMPLATES,
+    chat_ids,
+    long_summary_prompts,
+    opened_user_prompts,
+    stop_ids,
+)
 from drafters.train import (
     TrainConfig,
     cached_features,
@@ -156,14 +163,72 @@ def test_mixture_is_the_weighted_distribution_of_the_sources_that_propose() -> N
     torch.testing.assert_close(mixed[1], torch.softmax(a[1], -1))  # renormalised over the live source
 
 
-@pytest.mark.parametrize("tree", ["chain", "dynamic"])
-def test_feature_and_ngram_mixture_is_lossless(tree: str) -> None:
+@pytest.mark.parametrize(("tree", "gate"), [("chain", 0), ("dynamic", 0), ("chain", 2), ("dynamic", 2)])
+def test_feature_and_ngram_mixture_is_lossless(tree: str, gate: int) -> None:
     target = tiny_llama(seed=0, vocab=VOCAB)
-    mixture = MixtureDrafter([FeatureDrafter(random_draft(target, seed=1), target), NGramDrafter(max_n=3)])
+    drafters = [FeatureDrafter(random_draft(target, seed=1), target), NGramDrafter(max_n=3)]
+    mixture = MixtureDrafter(drafters, copy_gate=gate)
     decoder = specvlm.load(target, draft=mixture)
     for ids in random_prompts(4, seed=9, vocab=VOCAB):
         ids = ids + ids  # repeated text, so the n-gram source proposes too
         assert decoder.generate(None, ids, max_new_tokens=24, tree=tree).tokens == hf_greedy(target, ids, 24)
+
+
+def test_nodes_below_skipped_ancestors_get_the_same_draft_logits() -> None:
+    """A mixture may skip the feature draft at some nodes: asking for a deep node feeds its ancestors first."""
+    target = tiny_llama(seed=3, vocab=VOCAB)
+    drafter = FeatureDrafter(random_draft(target, seed=4), target)
+    ids = torch.tensor(random_prompts(1, seed=5, vocab=VOCAB, low=12, high=13)[0])
+    feats = last_hidden(target, ids)
+    tokens, parents = [int(ids[8]), 5, 6, 7, 8, 9], [-1, 0, 1, 2, 1, 4]  # two branches below node 1
+    stepwise = drafter.session(ids[:9].tolist(), VOCAB, target_hidden=feats[:8])
+    for level in ([0], [1], [2, 4], [3, 5]):
+        expected = stepwise.logits(level, tokens, parents)
+    skipping = drafter.session(ids[:9].tolist(), VOCAB, target_hidden=feats[:8])
+    torch.testing.assert_close(skipping.logits([3, 5], tokens, parents), expected, atol=1e-5, rtol=1e-4)
+    assert sorted(skipping.slot) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_step_without_feature_drafting_is_caught_up_at_the_next() -> None:
+    target = tiny_llama(seed=6, vocab=VOCAB)
+    drafter = FeatureDrafter(random_draft(target, seed=7), target)
+    ids = torch.tensor(random_prompts(1, seed=8, vocab=VOCAB, low=14, high=15)[0])
+    feats = last_hidden(target, ids)
+    teacher = drafter.sequence_logits(ids, feats)  # [L, V]
+    asked, skipped = (drafter.session(ids[:8].tolist(), VOCAB, target_hidden=feats[:7]) for _ in range(2))
+    tokens, parents = ids[7:10].tolist(), [-1, 0, 1]  # a chain of the true tokens, all accepted + a bonus token
+    asked.logits([0, 1, 2], tokens, parents)
+    for session in (asked, skipped):
+        session.observe_hidden(feats[7:10])
+        session.commit([0, 1, 2], ids[8:11].tolist())
+    for session in (asked, skipped):
+        torch.testing.assert_close(session.logits([0], [int(ids[10])], [-1])[0], teacher[10], atol=1e-5, rtol=1e-4)
+
+
+def test_copy_gate_leaves_the_model_draft_out_while_a_copy_runs() -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB)
+    feature = FeatureDrafter(random_draft(target, seed=1), target)
+    text = random_prompts(1, seed=9, vocab=VOCAB // 2, low=10, high=11)[0]
+    ids = text + text  # the last tokens repeat the first ones: a copy is running at the root
+    feats = last_hidden(target, torch.tensor(ids))
+    mixture = MixtureDrafter([feature, NGramDrafter(max_n=3)], copy_gate=2)
+    session = mixture.session(ids, VOCAB, target_hidden=feats[:-1])
+    ngram_session, feature_session = session.sessions[1], session.sessions[0]
+    tokens, parents = [ids[-1], VOCAB - 1], [-1, 0]  # node 1 leaves the copy (its token never occurred)
+    at_root = session.logits([0], tokens, parents)
+    torch.testing.assert_close(at_root.exp(), torch.softmax(ngram_session.logits([0], tokens, parents), -1))
+    assert feature_session.pending  # the model draft was not run
+    off_copy = session.logits([1], tokens, parents)
+    fresh = feature.session(ids, VOCAB, target_hidden=feats[:-1])
+    torch.testing.assert_close(off_copy, torch.log_softmax(fresh.logits([0, 1], tokens, parents)[1:], -1))
+
+
+def test_mixture_spec_sets_the_copy_gate() -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB)
+    assert specvlm.load(target, draft="ngram+ngram:2").drafter.copy_gate == 2  # the default
+    assert specvlm.load(target, draft="ngram+ngram:2@0").drafter.copy_gate == 0
+    with pytest.raises(specvlm.ConfigError, match="copy gate"):
+        specvlm.load(target, draft="ngram+ngram@x")
 
 
 def test_a_saved_default_tree_comes_with_the_draft(tmp_path: Path) -> None:
@@ -185,3 +250,21 @@ def test_opened_prompts_start_with_an_opener_and_skip_excluded_ones(embedded: sp
     # the same seed again, told to leave out the first one (as the evaluation's prompts are left out)
     again = opened_user_prompts(model, tok, 4, batch_size=4, seed=3, stop=stop, exclude={first[0].text.upper()})
     assert first[0].text not in {p.text for p in again} and first[1].text in {p.text for p in again}
+
+
+def test_long_summary_prompts_join_whole_answers_to_the_asked_length(embedded: specvlm.Decoder) -> None:
+    tok = embedded.tokenizer
+    answers = [f"Answer {i}: " + " ".join(f"w{i}.{j}" for j in range(40 + 7 * i)) for i in range(8)]
+    head = chat_ids(tok, "q")
+    records = [{"ids": head + tok(a, add_special_tokens=False)["input_ids"], "prompt_len": len(head)} for a in answers]
+    records.append({"ids": head + [5] * 50, "prompt_len": len(head)})  # too short to be joined
+    lengths = {a: len(r["ids"]) - len(head) for a, r in zip(answers, records, strict=False)}
+    assert min(lengths.values()) >= 120
+    prompts = long_summary_prompts(tok, records, 6, seed=0, min_tokens=400, max_tokens=760)
+    assert len({p.text for p in prompts}) == 6
+    frames = [t.split("{a}") for t in SUMMARY_TEMPLATES]
+    for p in prompts:
+        before, after = next(f for f in frames if p.text.startswith(f[0]) and p.text.endswith(f[1]))
+        parts = p.text.removeprefix(before).removesuffix(after).split("\n\n")
+        assert p.source == "long-summary" and all(part in lengths for part in parts)
+        assert 400 <= sum(lengths[part] for part in parts) <= 760

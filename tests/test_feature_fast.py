@@ -178,3 +178,19 @@ def test_shipped_trained_draft_is_lossless_on_the_embedded_target(embedded: spec
         for tree in ("static", "dynamic"):
             got = decoder.generate(prompt=ids, max_new_tokens=24, tree=tree)
             assert got.tokens == hf_greedy(model, ids, 24), tree
+
+
+def test_embedded_default_draft_is_the_gated_mixture_and_lossless(embedded: specvlm.Decoder) -> None:
+    from drafters.mixture import MixtureDrafter
+    from specvlm.api import make_drafter
+    from specvlm.models import LoadOptions
+
+    drafter = make_drafter(None, embedded.target, LoadOptions())
+    assert isinstance(drafter, MixtureDrafter) and drafter.copy_gate == 2
+    assert [type(d).__name__ for d in drafter.drafters] == ["FeatureDrafter", "NGramDrafter"]
+    decoder = specvlm.Decoder(embedded.target, drafter)
+    assert decoder.default_tree == specvlm.DynamicTree()
+    text = "Repeat exactly: the red fox jumps over the lazy dog, the red fox jumps over the lazy dog."
+    ids = embedded.prompt_ids(text)
+    got = decoder.generate(prompt=ids, max_new_tokens=32)
+    assert got.tokens == hf_greedy(embedded.target.model, ids, 32)
