@@ -114,6 +114,8 @@ class FeatureSession(DraftSession):
     accepted tokens are fed again with the target's real features (the EAGLE re-feed).
     """
 
+    supports_skips = True
+
     def __init__(self, drafter: FeatureDrafter, prompt_ids: list[int], target_hidden: torch.Tensor):
         self.d = drafter
         self.cache: LeanKV | DynamicCache = (

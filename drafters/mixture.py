@@ -6,8 +6,10 @@ e.g. no n-gram match) drops out there and the others are renormalised.  The mixt
 sampled trees stay lossless.
 
 `copy_gate=n`: where the prompt n-grams match at least n tokens (a copy in progress), q is the n-gram source's
-alone and the other sources are not asked there, so copied chains cost no model-draft forward.  q is still a
-proper distribution at every node (which one is decided from the context alone), so verification stays exact.
+alone and the other sources are not asked there, so copied chains cost no model-draft forward.  It applies only
+when every other source's session `supports_skips` (the feature draft does; a ModelDrafter does not, and with one
+the mixture always mixes).  q is still a proper distribution at every node (which one is decided from the context
+alone), so verification stays exact.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ class MixtureSession(DraftSession):
         self.sessions = sessions
         self.weights = weights
         self.wants_target_feedback = any(s.wants_target_feedback for s in sessions)
-        self.copier = next((s for s in sessions if isinstance(s, NGramSession)), None) if copy_gate else None
+        copier = next((s for s in sessions if isinstance(s, NGramSession)), None) if copy_gate else None
+        # gate only when every other source can be left out at some nodes and steps (a ModelSession cannot)
+        others_skip = all(s.supports_skips for s in sessions if s is not copier)
+        self.copier = copier if others_skip else None
         self.copy_gate = copy_gate
 
     def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:

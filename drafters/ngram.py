@@ -17,6 +17,8 @@ from .base import Drafter, DraftSession
 
 
 class NGramSession(DraftSession):
+    supports_skips = True  # nothing is fed per node: each call reads the table
+
     def __init__(self, prompt_ids: list[int], vocab_size: int, max_n: int, min_n: int):
         self.max_n, self.min_n, self.vocab = max_n, min_n, vocab_size
         self.seq: list[int] = []

@@ -30,6 +30,9 @@ class DraftSession(ABC):
 
     #: set True to receive the target's argmax at every scored node through `observe`
     wants_target_feedback: bool = False
+    #: True when a mixture may leave this session out at some nodes and whole steps: asked for a node below
+    #: unasked ancestors it feeds them first, and `commit` after a step it was never asked in loses nothing
+    supports_skips: bool = False
 
     def observe(self, tokens: list[int], parents: list[int], target_top: list[int]) -> None:  # noqa: B027 - optional
         """The target's most likely next token after each node of the tree it just scored (before `commit`)."""

@@ -15,6 +15,7 @@ from transformers import LlamaForCausalLM
 import specvlm
 from drafters.feature_draft import FeatureDrafter, FeatureDraftModel, draft_config, is_feature_draft
 from drafters.mixture import MixtureDrafter, mix_logits
+from drafters.model import ModelDrafter
 from drafters.ngram import NGramDrafter
 from drafters.selfdistill import (
     OPENERS,
@@ -221,6 +222,17 @@ def test_copy_gate_leaves_the_model_draft_out_while_a_copy_runs() -> None:
     off_copy = session.logits([1], tokens, parents)
     fresh = feature.session(ids, VOCAB, target_hidden=feats[:-1])
     torch.testing.assert_close(off_copy, torch.log_softmax(fresh.logits([0, 1], tokens, parents)[1:], -1))
+
+
+def test_copy_gate_never_skips_a_model_draft_that_cannot_catch_up() -> None:
+    """A ModelDrafter's session cannot feed skipped ancestors: mixed with n-grams, it is asked at every node."""
+    target = tiny_llama(seed=0, vocab=VOCAB)
+    mixture = MixtureDrafter([ModelDrafter(tiny_llama(seed=5, vocab=VOCAB)), NGramDrafter(max_n=3)])
+    assert mixture.copy_gate == 2 and mixture.session([1, 2, 3, 1, 2, 3], VOCAB).copier is None
+    decoder = specvlm.load(target, draft=mixture)
+    for ids in random_prompts(3, seed=9, vocab=VOCAB):
+        ids = ids + ids  # the n-grams match: a gate would skip the model here
+        assert decoder.generate(None, ids, max_new_tokens=24, tree="dynamic").tokens == hf_greedy(target, ids, 24)
 
 
 def test_mixture_spec_sets_the_copy_gate() -> None:
