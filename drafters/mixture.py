@@ -53,8 +53,8 @@ class MixtureSession(DraftSession):
     def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
         if self.copier is None:
             return mix_logits([s.logits(nodes, tokens, parents) for s in self.sessions], self.weights)
-        lengths = self.copier.match_lengths(nodes, tokens, parents)
-        copied = mix_logits([self.copier.logits(nodes, tokens, parents)], [1.0])  # [K, V] log q of the copier
+        lengths, counts = self.copier.proposals(nodes, tokens, parents)
+        copied = mix_logits([counts], [1.0])  # [K, V] log q of the copier
         rest = [i for i, n in enumerate(lengths) if n < self.copy_gate]  # rows where every source is asked
         if not rest:
             return copied

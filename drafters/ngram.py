@@ -51,20 +51,23 @@ class NGramSession(DraftSession):
             cur = parents[cur]
         return self.seq[-self.max_n :] + path[::-1]
 
-    def match_lengths(self, nodes: list[int], tokens: list[int], parents: list[int]) -> list[int]:
-        """For each node, the length of the n-gram its proposal comes from (0: it proposes nothing)."""
-        return [self._match(self._context(node, tokens, parents))[0] for node in nodes]
-
-    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+    def proposals(self, nodes: list[int], tokens: list[int], parents: list[int]) -> tuple[list[int], torch.Tensor]:
+        """For each node, the length of the n-gram its proposal comes from (0: it proposes nothing), and the log
+        counts of what followed that n-gram: [K, V], -inf elsewhere."""
+        lengths: list[int] = []
         out = torch.full((len(nodes), self.vocab), -math.inf)  # [K, V]
         for row, node in enumerate(nodes):
-            _, counts = self._match(self._context(node, tokens, parents))
+            n, counts = self._match(self._context(node, tokens, parents))
+            lengths.append(n)
             if counts:
                 ids = torch.tensor(list(counts.keys()), dtype=torch.long)
                 freq = torch.tensor(list(counts.values()), dtype=torch.float32)
                 keep = ids < self.vocab
                 out[row, ids[keep]] = torch.log(freq[keep])
-        return out
+        return lengths, out
+
+    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        return self.proposals(nodes, tokens, parents)[1]
 
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         self._extend(new_tokens)

@@ -1,6 +1,6 @@
 """Self-distillation data: the target answers prompts it (mostly) wrote itself, so no external dataset is needed.
 
-Four prompt sources, all generated here:
+Five prompt sources, all generated here:
   1. user turns sampled from the target's own chat distribution (T=1, top-p 0.95, after a bare user header),
   2. user turns that open with a question or request word ("How does", "Why do", "Write a", "Suggest" ...) and are
      sampled on from there (`--opened N`): the everyday questions and instructions users actually send,
@@ -266,8 +266,7 @@ def build_dataset(
     skipped."""
     stop = stop_ids(tokenizer)
     rng = random.Random(seed)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["prompt"] for r in read_dataset(out_path)} if out_path.exists() else set()
+    done = answered_prompts(out_path)
     round1 = (template_prompts(rng) if templates else []) + sampled_user_prompts(
         model, tokenizer, n_sampled, batch_size, seed, stop
     )
@@ -314,6 +313,12 @@ def evaluation_prompts() -> set[str]:
     return {r["prompt"] for r in read_dataset(path)} if path.exists() else set()
 
 
+def answered_prompts(out_path: Path) -> set[str]:
+    """Prompts already answered in `out_path` (a resumed run skips them); creates its folder."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return {r["prompt"] for r in read_dataset(out_path)} if out_path.exists() else set()
+
+
 def read_dataset(path: Path) -> list[dict[str, Any]]:
     with path.open() as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -357,10 +362,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.long_summaries:
             records = [r for path in args.sources for r in read_dataset(path)]
             prompts = long_summary_prompts(tokenizer, records, args.long_summaries, args.seed)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            done = {r["prompt"] for r in read_dataset(args.out)} if args.out.exists() else set()
+            done = answered_prompts(args.out)
             todo = [p for p in prompts if p.text not in done]
-            answer(model, tokenizer, todo, args.out, args.batch_size, args.max_new_tokens, stop_ids(tokenizer), 900)
+            stop = stop_ids(tokenizer)
+            answer(model, tokenizer, todo, args.out, args.batch_size, args.max_new_tokens, stop, max_prompt_tokens=900)
             return
         build_dataset(
             model,
