@@ -7,8 +7,9 @@ of K layers, tree attention while drafting). With a VLM target the draft is the 
 sees the prompt's text only (the decoder wraps it in `TextOnlyDrafter`).
 
 Untrained, such a draft agrees with the target's top-1 rarely unless K is close to the number of layers (see
-../shared/DESIGN.md); it is the base for trained early-exit heads and a cheap point of comparison for the KL draft
-potential (`specvlm.potential`).
+../shared/DESIGN.md). A trained exit (drafters/exits.py: a residual linear map in front of the final norm, trained
+by `python -m drafters.train --exits ...` with the target frozen) raises that agreement; `draft="layerskip:K:FOLDER"`
+uses one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from specvlm.errors import ConfigError
 
+from .exits import ExitAdapter, ExitNorm
 from .model import ModelDrafter
 
 
@@ -29,8 +31,9 @@ def decoder_layers(target: PreTrainedModel) -> int:
     return int(target.config.get_text_config().num_hidden_layers)
 
 
-def layer_skip_model(target: PreTrainedModel, layers: int) -> PreTrainedModel:
-    """A causal LM made of the target's first `layers` decoder layers + final norm + lm_head, sharing its weights."""
+def layer_skip_model(target: PreTrainedModel, layers: int, exit: ExitAdapter | None = None) -> PreTrainedModel:
+    """A causal LM made of the target's first `layers` decoder layers + final norm + lm_head, sharing its weights
+    (with `exit`, the final norm reads `exit(hidden)` instead of the hidden state)."""
     total = decoder_layers(target)
     if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers < total:
         raise ConfigError(
@@ -58,6 +61,10 @@ def layer_skip_model(target: PreTrainedModel, layers: int) -> PreTrainedModel:
             decoder.layers = nn.ModuleList(list(stack)[:layers])
         elif hasattr(source, name):
             setattr(decoder, name, getattr(source, name))
+    if exit is not None:
+        if not isinstance(getattr(source, "norm", None), nn.Module):
+            raise ConfigError(f"{type(target).__name__} has no final `norm` in its decoder: a trained exit needs one")
+        decoder.norm = ExitNorm(exit, source.norm)
     shell.set_output_embeddings(head)
     left = [name for name, t in (*shell.named_parameters(), *shell.named_buffers()) if t.is_meta]
     if left:
@@ -68,8 +75,9 @@ def layer_skip_model(target: PreTrainedModel, layers: int) -> PreTrainedModel:
 
 
 class LayerSkipDrafter(ModelDrafter):
-    """`ModelDrafter` over `layer_skip_model(target, layers)`: the target's own weights, K of its layers."""
+    """`ModelDrafter` over `layer_skip_model(target, layers, exit)`: the target's own weights, K of its layers."""
 
-    def __init__(self, target: PreTrainedModel, layers: int):
-        super().__init__(layer_skip_model(target, layers), name=f"layerskip:{layers}")
+    def __init__(self, target: PreTrainedModel, layers: int, exit: ExitAdapter | None = None, exit_name: str = ""):
+        name = f"layerskip:{layers}" + (f":{exit_name}" if exit is not None else "")
+        super().__init__(layer_skip_model(target, layers, exit), name=name)
         self.layers = layers

@@ -5,6 +5,9 @@ Steps: target features for every sequence (one teacher-forced pass, cached) -> r
 response tokens -> training with KL to the target's distribution (over the head) plus a feature regression,
 unrolled for `--levels` drafting steps (level j sees its own predictions from level j - 1, as when it drafts a
 chain) -> held-out top-1 agreement per level -> an HF-format folder that `specvlm.load(draft=PATH)` loads.
+
+With `--exits 16,24,28` it trains the exits of layer-skip drafts instead (drafters/train_exits.py), used as
+`draft="layerskip:K:OUT"`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     target: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    autocast: str = "off"  # "bf16": the training forward and backward under bfloat16 autocast (weights stay float32)
+    device: str | None = None  # None: cuda when available, else cpu (the target, the draft and every batch)
+    exits: str = ""  # "16,24,28": train layer-skip exits (drafters/train_exits.py) instead of a feature draft
+    val_records: int = 0  # > 0: score held-out agreement on this many held-out records only
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -83,11 +90,12 @@ def target_features(target: PreTrainedModel, records: list[dict[str, Any]], batc
         for b, r in enumerate(rows):
             ids[b, : len(r["ids"])] = torch.tensor(r["ids"])
             mask[b, : len(r["ids"])] = 1
-        hidden = target(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+        hidden = target(input_ids=ids.to(target.device), attention_mask=mask.to(target.device),
+                        output_hidden_states=True, logits_to_keep=1)  # fmt: skip
         last = hidden.hidden_states[-1]  # [B, W, H]
         for b, (k, r) in enumerate(zip(group, rows, strict=True)):
             n = len(r["ids"])
-            out[k] = Example(torch.tensor(r["ids"]), last[b, :n].to(torch.bfloat16).clone(), r["prompt_len"] - 1)
+            out[k] = Example(torch.tensor(r["ids"]), last[b, :n].to("cpu", torch.bfloat16).clone(), r["prompt_len"] - 1)
         bar.update(int(mask.sum()))
     bar.close()
     return [e for e in out if e is not None]
@@ -176,7 +184,7 @@ def batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> l
     return out
 
 
-def collate(rows: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(rows: list[Example], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ids [B, W], feats [B, W, H] float32, response mask [B, W] (positions whose next token is a response token)."""
     width = max(len(e.ids) for e in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -187,20 +195,20 @@ def collate(rows: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         ids[b, :n] = e.ids
         feats[b, :n] = e.feats.float()
         resp[b, e.start : n - 1] = True  # the last position has no next token in the data
-    return ids, feats, resp
+    return ids.to(device), feats.to(device), resp.to(device)
 
 
 # -- the unrolled objective ------------------------------------------------------------------------------------
-def level_mask(width: int, level: int, dtype: torch.dtype) -> torch.Tensor:
+def level_mask(width: int, level: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
     """Additive mask [W, (level + 1) W] for level `level` queries over keys of levels 0..level.
 
     A level-j entry at position s drafts as the j-th node of a chain whose root sits at s - j: it sees level-0 keys
     (real features) up to s - j and the level-i key at s - j + i for i = 1..j (its own drafted ancestors)."""
-    s = torch.arange(width)[:, None]  # [W, 1]
-    r = torch.arange(width)[None, :]  # [1, W]
+    s = torch.arange(width, device=device)[:, None]  # [W, 1]
+    r = torch.arange(width, device=device)[None, :]  # [1, W]
     blocks = [r <= s - level] + [r == s - level + i for i in range(1, level + 1)]
     allowed = torch.cat(blocks, dim=1)  # [W, (level + 1) W]
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def unrolled(
@@ -215,13 +223,15 @@ def unrolled(
     bsz, width, hidden = feats.shape
     with torch.no_grad():
         tok = embed(ids)  # [B, W, H]
-    positions = torch.arange(width)[None].expand(bsz, -1)
+    positions = torch.arange(width, device=ids.device)[None].expand(bsz, -1)
     cache = DynamicCache(config=model.config)
     zero = feats.new_zeros(bsz, 1, hidden)
     inp = torch.cat([zero, feats[:, :-1]], dim=1)  # feature of the previous position
     outs = []
+    kind = feats.device.type
+    mask_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else feats.dtype
     for level in range(levels):
-        mask = level_mask(width, level, feats.dtype)[None, None].expand(bsz, 1, -1, -1)
+        mask = level_mask(width, level, mask_dtype, feats.device)[None, None].expand(bsz, 1, -1, -1)
         out = model(features=inp, token_embeds=tok, position_ids=positions, attention_mask=mask, past_key_values=cache)
         outs.append(out)
         inp = torch.cat([zero, out[:, :-1]], dim=1)
@@ -233,16 +243,16 @@ def level_losses(
 ) -> tuple[list[torch.Tensor], list[float]]:
     """Per level: KL(p_target || q_draft) over the head + reg_weight * smooth-L1 to the target feature; and top-1
     agreement with the target's argmax over the head."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(feats.device.type, enabled=False):  # the target's side in float32
         p_log = F.log_softmax(feats @ head.T, dim=-1)  # [B, W, K]
         p_top = p_log.argmax(-1)
     losses, agree = [], []
     for level, out in enumerate(outs):
         m = resp.clone()
         m[:, :level] = False  # level j needs j predicted ancestors
-        q_log = F.log_softmax(out @ head.T, dim=-1)  # [B, W, K]
+        q_log = F.log_softmax((out @ head.T).float(), dim=-1)  # [B, W, K]; float32 under autocast too
         kl = (p_log.exp() * (p_log - q_log)).sum(-1)  # [B, W]
-        reg = F.smooth_l1_loss(out, feats, reduction="none").mean(-1)  # [B, W]
+        reg = F.smooth_l1_loss(out.float(), feats, reduction="none").mean(-1)  # [B, W]
         n = m.sum().clamp(min=1)
         losses.append(((kl + reg_weight * reg) * m).sum() / n)
         agree.append(float(((q_log.argmax(-1) == p_top) & m).sum() / n))
@@ -264,13 +274,14 @@ def evaluate(
     hits = [0] * cfg.levels
     total = [0] * cfg.levels
     for rows in batches(examples, cfg.batch_tokens, random.Random(0)):
-        ids, feats, resp = collate(rows)
-        outs = unrolled(model, embed, head, ids, feats, cfg.levels)
+        ids, feats, resp = collate(rows, head.device)
+        with autocast(head.device, cfg):
+            outs = unrolled(model, embed, head, ids, feats, cfg.levels)
         target_top = (feats @ full_head.T).argmax(-1)  # [B, W]
         for level, out in enumerate(outs):
             m = resp.clone()
             m[:, :level] = False
-            draft_top = head_ids[(out @ head.T).argmax(-1)]
+            draft_top = head_ids[(out.to(head.dtype) @ head.T).argmax(-1)]
             hits[level] += int(((draft_top == target_top) & m).sum())
             total[level] += int(m.sum())
     model.train()
@@ -278,6 +289,32 @@ def evaluate(
 
 
 # -- driver ----------------------------------------------------------------------------------------------------
+def lr_at(cfg: TrainConfig, step: int, total_steps: int, elapsed: float) -> float:
+    """Linear warm-up, then a cosine to 0 over the steps or the --minutes budget, whichever ends first."""
+    warmup = min(100, total_steps // 10)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    done = (step - warmup) / max(1, total_steps - warmup)
+    if cfg.minutes:
+        done = max(done, elapsed / (cfg.minutes * 60))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
+def optimizer_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor, lr: float) -> None:
+    """One step at learning rate `lr`, the gradients clipped to norm 1."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def autocast(device: torch.device, cfg: TrainConfig) -> torch.autocast:
+    """bfloat16 autocast on the training device when `--autocast bf16` (a no-op context otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
+
+
 def build_model(target: PreTrainedModel, cfg: TrainConfig, head_ids: torch.Tensor) -> FeatureDraftModel:
     model = FeatureDraftModel(draft_config(target.config, cfg.head_size, cfg.layers))
     model.head_ids.copy_(head_ids)
@@ -307,6 +344,7 @@ def train(
     known = cached_features(target, records, paths[0].parent, log)  # the target pass, cached for later runs
     train_ex = [known[tuple(r["ids"])] for r in train_recs]
     val_ex = [known[tuple(r["ids"])] for r in val_recs]
+    val_ex = val_ex[: cfg.val_records] if cfg.val_records else val_ex
     start = FeatureDraftModel.from_pretrained(cfg.init_from, dtype=torch.float32) if cfg.init_from else None
     head_ids = start.head_ids.clone() if start is not None else head_tokens(train_ex, cfg.head_size, stops)
     n_train = sum(len(e.ids) - e.start - 1 for e in train_ex)
@@ -320,28 +358,20 @@ def train(
 
     embed, full_head = target_head(target)
     full_head = full_head.detach()
+    device = full_head.device
+    head_ids = head_ids.to(device)
     head = full_head[head_ids]  # [K, H]
-    model = (start if start is not None else build_model(target, cfg, head_ids)).train()
+    model = (start if start is not None else build_model(target, cfg, head_ids)).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng = random.Random(cfg.seed)
     per_epoch = len(batches(train_ex, cfg.batch_tokens, rng))
     total_steps = max(1, int(per_epoch * cfg.epochs))
-    warmup = min(100, total_steps // 10)
-
-    def lr_at(step: int, elapsed: float) -> float:
-        """Linear warm-up, then a cosine to 0 over the steps or the --minutes budget, whichever ends first."""
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        done = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.minutes:
-            done = max(done, elapsed / (cfg.minutes * 60))
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     ckpt = out_dir / "checkpoint.pt"
     step = 0
     if ckpt.exists():  # resume
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
@@ -353,16 +383,12 @@ def train(
     weights = [cfg.level_decay**i for i in range(cfg.levels)]
     while step < total_steps and not (cfg.minutes and time.time() - t0 > cfg.minutes * 60):
         for rows in batches(train_ex, cfg.batch_tokens, rng):
-            ids, feats, resp = collate(rows)
-            outs = unrolled(model, embed, head, ids, feats, cfg.levels)
-            losses, agree = level_losses(outs, feats, resp, head, cfg.reg_weight)
+            ids, feats, resp = collate(rows, device)
+            with autocast(device, cfg):
+                outs = unrolled(model, embed, head, ids, feats, cfg.levels)
+                losses, agree = level_losses(outs, feats, resp, head, cfg.reg_weight)
             loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, time.time() - t0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            optimizer_step(opt, params, loss, lr_at(cfg, step, total_steps, time.time() - t0))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", a0=f"{agree[0]:.2f}", a1=f"{agree[-1]:.2f}")
@@ -375,7 +401,7 @@ def train(
                 break
     bar.close()
     final = evaluate(model, embed, head, full_head, head_ids, val_ex, cfg)
-    model.to(torch.bfloat16).save_pretrained(out_dir)  # bf16 on disk; loaded in the target's dtype
+    model.to("cpu", torch.bfloat16).save_pretrained(out_dir)  # bf16 on disk; loaded in the target's dtype
     report = {
         "command": " ".join([CLI, *sys.argv[1:]]),
         "config": asdict(cfg),
@@ -421,6 +447,18 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = default)")
     ap.add_argument("--target", default=None, help="target (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument(
+        "--exits",
+        default="",
+        metavar="K1,K2",
+        help="train the exits of layer-skip drafts with these layer counts (e.g. 16,24,28; SD2-style, all "
+        "at once, the target frozen) instead of a feature draft; use them as draft='layerskip:K:OUT'",
+    )
+    ap.add_argument("--val-records", type=int, default=0, help="score agreement on this many held-out records (0: all)")
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default=d.autocast,
+                    help="bf16: train under bfloat16 autocast, ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs "
+                    "(the weights, the optimizer and the saved draft are unchanged)")  # fmt: skip
     return TrainConfig(**vars(ap.parse_args(argv)))
 
 
@@ -428,15 +466,21 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    from specvlm.models import LoadOptions, load_embedded, load_model
+    from specvlm.models import LoadOptions, load_embedded, load_model, resolve_device
 
-    opts = LoadOptions(dtype=torch.float32)
+    opts = LoadOptions(dtype=torch.float32, device=resolve_device(cfg.device))
     if cfg.target is None:
         target, tokenizer = load_embedded(opts)
     else:
         loaded = load_model(cfg.target, opts)
         target, tokenizer = loaded.model, loaded.tokenizer
     target.eval().requires_grad_(False)
+    if cfg.exits:
+        from drafters.train_exits import train_exits
+
+        report = train_exits(target, cfg, sys.stdout, stop_ids(tokenizer))
+        print(json.dumps({"before": report["before"], "final": report["final"], "steps": report["steps"]}))
+        return
     report = train(target, cfg, sys.stdout, stop_ids(tokenizer), tokenizer)
     print(json.dumps({"final": report["final"], "data": report["data"], "steps": report["steps"]}))
 

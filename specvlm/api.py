@@ -217,9 +217,9 @@ def make_drafter(
     draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
 ) -> Drafter:
     """A drafter from a spec: None -> the default ("trained+ngram" for the embedded target, else n-grams),
-    "ngram[:N]", "layerskip:K" (the target's first K layers, its weights shared), "A+B[@N]" (a mixture, N = its copy
-    gate), "embedded" (SmolLM2-135M as a draft), a model id / path / GGUF / model (a llava draft comes with its
-    processor)."""
+    "ngram[:N]", "layerskip:K[:FOLDER]" (the target's first K layers, its weights shared; FOLDER: a trained exit),
+    "A+B[@N]" (a mixture, N = its copy gate), "embedded" (SmolLM2-135M as a draft), a model id / path / GGUF / model
+    (a llava draft comes with its processor)."""
     from drafters.feature_draft import is_feature_draft, load_feature_draft
     from drafters.model import ModelDrafter  # drafters depend on specvlm: import them lazily
     from drafters.ngram import NGramDrafter
@@ -270,17 +270,30 @@ def make_drafter(
 
 
 def layer_skip_drafter(spec: str, target: TargetModel) -> Drafter:
-    """`"layerskip:K"`: a self-draft of the target's first K decoder layers (K in 1 .. layers - 1)."""
+    """`"layerskip:K"`: a self-draft of the target's first K decoder layers (K in 1 .. layers - 1);
+    `"layerskip:K:FOLDER"` with the trained exit for K from FOLDER (`"layerskip:K:trained"`: the shipped exits)."""
+    from drafters.exits import SHIPPED_EXITS, load_exit
     from drafters.layerskip import LayerSkipDrafter, decoder_layers
 
     total = decoder_layers(target.model)
-    _, _, k = spec.partition(":")
+    _, _, rest = spec.partition(":")
+    k, _, folder = rest.partition(":")
     if not k.isdigit() or not 1 <= int(k) < total:
         raise ConfigError(
             f"bad layer-skip draft {spec!r}: write 'layerskip:K' with K the number of the target's {total} decoder "
             f"layers to keep, 1 <= K <= {total - 1} (e.g. 'layerskip:{max(1, total * 3 // 4)}')"
         )
-    return LayerSkipDrafter(target.model, int(k))
+    if not folder:
+        return LayerSkipDrafter(target.model, int(k))
+    if folder == "trained":
+        from drafters.shipped import TARGET_NAME, fits
+
+        if not fits(target.model):
+            raise ConfigError(f"'layerskip:{k}:trained' uses the exits shipped for {TARGET_NAME}; give a FOLDER")
+    path = SHIPPED_EXITS if folder == "trained" else folder
+    hidden = int(target.model.config.get_text_config().hidden_size)
+    exit = load_exit(path, int(k), hidden, target.dtype, target.device)
+    return LayerSkipDrafter(target.model, int(k), exit, exit_name=folder)
 
 
 def for_target(drafter: Drafter, target: TargetModel) -> Drafter:

@@ -27,6 +27,7 @@ from drafters.selfdistill import (
 )
 from drafters.train import (
     TrainConfig,
+    autocast,
     cached_features,
     evaluate,
     level_mask,
@@ -108,14 +109,16 @@ def self_distilled(target: LlamaForCausalLM, count: int, seed: int, new: int = 4
     return out
 
 
-def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path) -> None:
+@pytest.mark.parametrize("autocast", ["off", "bf16"])
+def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path, autocast: str) -> None:
     target = tiny_llama(seed=0, vocab=VOCAB).requires_grad_(False)
     data = tmp_path / "data.jsonl"
     records = self_distilled(target, 24, seed=11)
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = TrainConfig(data=[str(data)], out=str(tmp_path / "draft"), head_size=64, levels=2, lr=3e-3,
-                      batch_tokens=512, epochs=40, val_share=0.2, eval_every=1000)  # fmt: skip
+                      batch_tokens=512, epochs=40, val_share=0.2, eval_every=1000, autocast=autocast)  # fmt: skip
     report = train(target, cfg, io.StringIO(), stops=[0])
+    assert report["config"]["autocast"] == autocast
     assert report["final"]["agree_l0"] >= 0 and report["steps"] > 0
     # it learnt its training text: agreement there rises well above the untrained draft's
     (cache,) = tmp_path.glob("features-*.pt")
@@ -134,6 +137,22 @@ def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path) -> 
     assert isinstance(decoder.drafter, FeatureDrafter) and 0 in decoder.drafter.head_ids.tolist()
     for ids in random_prompts(3, seed=12, vocab=VOCAB):
         assert decoder.generate(None, ids, max_new_tokens=20, tree="dynamic").tokens == hf_greedy(target, ids, 20)
+
+
+def test_bf16_autocast_runs_the_unrolled_draft_in_bfloat16_with_float32_weights() -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB).requires_grad_(False)
+    model = random_draft(target, seed=3)
+    ids = torch.tensor([random_prompts(1, seed=4, vocab=VOCAB, low=12, high=13)[0]])  # [1, 12]
+    feats = last_hidden(target, ids[0])[None]  # [1, 12, H]
+    embed = target.get_input_embeddings()
+    outs = {}
+    for mode in ("off", "bf16"):
+        with autocast(torch.device("cpu"), TrainConfig(data=[], out="", autocast=mode)):
+            outs[mode] = unrolled(model, embed, embed.weight, ids, feats, 2)
+        assert next(model.parameters()).dtype == torch.float32
+    for full, low in zip(outs["off"], outs["bf16"], strict=True):  # bfloat16 matmuls: close, but not the same
+        assert not torch.equal(full, low.float())
+        torch.testing.assert_close(low.float(), full, atol=0.1, rtol=0.05)
 
 
 def test_feature_cache_computes_only_records_it_has_not_seen(tmp_path: Path) -> None:

@@ -49,3 +49,14 @@ def test_sweep_sizes_its_trees_unless_fixed_size() -> None:
     fixed = sweep_trees(build_parser().parse_args(["--budgets", "8", "--depths", "4", "--topk", "2", "--fixed-size"]))
     assert fixed["chain d=4"] == specvlm.ChainTree(depth=4, hardware_aware=False)
     assert fixed["dynamic B=8 d=4"] == specvlm.DynamicTree(budget=8, topk=2, depth=4, hardware_aware=False)
+
+
+def test_sweep_shapes_replace_the_grid() -> None:
+    from eval.sweep import build_parser, sweep_trees
+
+    trees = sweep_trees(build_parser().parse_args(["--shapes", "32x8,64x10", "--fixed-size"]))
+    assert list(trees) == ["ar", "dynamic B=32 d=8", "dynamic B=64 d=10"]
+    assert trees["dynamic B=64 d=10"] == specvlm.DynamicTree(budget=64, topk=4, depth=10, hardware_aware=False)
+    for bad in ("32", "32x", "x8", "0x8", "32x8,a"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--shapes", bad])
