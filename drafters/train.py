@@ -476,8 +476,12 @@ def main(argv: list[str] | None = None) -> None:
         target, tokenizer = loaded.model, loaded.tokenizer
     target.eval().requires_grad_(False)
     if cfg.exits:
-        from drafters.train_exits import train_exits
+        from drafters.train_exits import parse_exits, train_exits
 
+        try:  # a bad --exits: one line, not a traceback
+            parse_exits(cfg.exits, int(target.config.get_text_config().num_hidden_layers))
+        except ValueError as err:
+            raise SystemExit(f"{CLI}: error: {err}") from None
         report = train_exits(target, cfg, sys.stdout, stop_ids(tokenizer))
         print(json.dumps({"before": report["before"], "final": report["final"], "steps": report["steps"]}))
         return
