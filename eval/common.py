@@ -104,9 +104,11 @@ def add_model_args(parser: argparse.ArgumentParser, *, several_drafts: bool = Fa
         "--draft",
         metavar="DRAFT",
         action="append" if several_drafts else "store",
-        help="draft: 'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), 'layerskip:K' (the target's first K "
-        "layers, shared weights), 'embedded', or a folder, .gguf file or hub id of a small LM with the target's "
-        "tokenizer" + (" (repeat for several drafts)" if several_drafts else " (default: the decoder's default draft)"),
+        help="draft: 'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), 'trained' (the shipped draft of the "
+        "embedded target), 'A+B[@N]' (a mixture, e.g. trained+ngram), 'layerskip:K[:FOLDER]' (the target's first K "
+        "layers, shared weights; FOLDER or 'trained': a trained exit), 'embedded', or a folder, .gguf file or hub id "
+        "of a small LM with the target's tokenizer"
+        + (" (repeat for several drafts)" if several_drafts else " (default: the decoder's default draft)"),
     )
     group.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
     group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
