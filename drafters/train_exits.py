@@ -29,8 +29,8 @@ from drafters.train import (
     Example,
     TrainConfig,
     autocast,
+    batches,
     head_tokens,
-    length_groups,
     lr_at,
     optimizer_step,
     split,
@@ -48,28 +48,26 @@ def parse_exits(spec: str, total: int) -> list[int]:
     return layers
 
 
-def record_batches(records: list[dict[str, Any]], batch_tokens: int, rng: random.Random) -> list[list[dict]]:
-    """Length-grouped batches of records (<= batch_tokens padded tokens each), in random order."""
-    groups = [[records[i] for i in g] for g in length_groups([len(r["ids"]) for r in records], batch_tokens)]
-    rng.shuffle(groups)
-    return groups
+def token_examples(records: list[dict[str, Any]]) -> list[Example]:
+    """Records as `Example`s without target features (this trainer runs the target itself, batch by batch)."""
+    return [Example(torch.tensor(r["ids"]), torch.empty(0), r["prompt_len"] - 1) for r in records]
 
 
 @torch.no_grad()  # not inference_mode: the exits' backward saves these states
 def layer_states(
-    target: PreTrainedModel, rows: list[dict[str, Any]], layers: list[int]
+    target: PreTrainedModel, rows: list[Example], layers: list[int]
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The frozen target on right-padded rows: hidden states after each kept layer {K: [B, W, H]}, the final-normed
     last hidden state [B, W, H] and the response mask [B, W] (positions whose next token is a response token)."""
-    width = max(len(r["ids"]) for r in rows)
+    width = max(len(e.ids) for e in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     resp = torch.zeros(len(rows), width, dtype=torch.bool)
-    for b, r in enumerate(rows):
-        n = len(r["ids"])
-        ids[b, :n] = torch.tensor(r["ids"])
+    for b, e in enumerate(rows):
+        n = len(e.ids)
+        ids[b, :n] = e.ids
         mask[b, :n] = 1
-        resp[b, r["prompt_len"] - 1 : n - 1] = True
+        resp[b, e.start : n - 1] = True
     dev = target.device
     out = target(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True, logits_to_keep=1)
     states = out.hidden_states  # embeddings, then one per layer; the last one final-normed
@@ -103,7 +101,7 @@ def exit_agreement(
     head = target.get_output_embeddings().weight
     hits = dict.fromkeys(exits, 0)
     total = 0
-    for rows in record_batches(records, batch_tokens, random.Random(0)):
+    for rows in batches(token_examples(records), batch_tokens, random.Random(0)):
         states, final, resp = layer_states(target, rows, sorted(exits))
         target_top = (final @ head.T).argmax(-1)  # [B, W]
         total += int(resp.sum())
@@ -122,7 +120,7 @@ def train_exits(target: PreTrainedModel, cfg: TrainConfig, log: Any, stops: list
     records = [r for p in cfg.data for r in read_dataset(Path(p))]
     train_recs, val_recs = split(records, cfg.val_share, cfg.seed)
     val_recs = val_recs[: cfg.val_records] if cfg.val_records else val_recs
-    examples = [Example(torch.tensor(r["ids"]), torch.empty(0), r["prompt_len"] - 1) for r in train_recs]
+    examples = token_examples(train_recs)
     head_ids = head_tokens(examples, cfg.head_size, stops).to(target.device)
     head = target.get_output_embeddings().weight.detach()[head_ids]  # [K, H]
     hidden = head.shape[-1]
@@ -132,7 +130,7 @@ def train_exits(target: PreTrainedModel, cfg: TrainConfig, log: Any, stops: list
     params = [p for a in adapters.values() for p in a.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
     rng = random.Random(cfg.seed)
-    total_steps = max(1, int(len(record_batches(train_recs, cfg.batch_tokens, rng)) * cfg.epochs))
+    total_steps = max(1, int(len(batches(examples, cfg.batch_tokens, rng)) * cfg.epochs))
     ckpt = out_dir / "checkpoint.pt"
     step = 0
     if ckpt.exists():  # resume
@@ -148,7 +146,7 @@ def train_exits(target: PreTrainedModel, cfg: TrainConfig, log: Any, stops: list
     bar = tqdm(total=total_steps, initial=step, desc="training exits", unit="step", dynamic_ncols=True)
     out_of_time = False
     while step < total_steps and not out_of_time:
-        for rows in record_batches(train_recs, cfg.batch_tokens, rng):
+        for rows in batches(examples, cfg.batch_tokens, rng):
             states, final, resp = layer_states(target, rows, layers)
             with autocast(target.device, cfg):
                 losses, agree = exit_losses(exits, states, final, resp, head)
