@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
-from specvlm.cache import keep_positions
+from specvlm.cache import GrowingCache, keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
+from specvlm.models import per_token_slice
 from specvlm.packed import PackedLinears, maybe_pack, packed_if
-from specvlm.tree import append_causal_mask, append_nodes_mask
+from specvlm.targets import ModelScheme, layer_masks, scheme_for
+from specvlm.targets.scheme import rope_delta
+from specvlm.tree import append_nodes_allowed
 from specvlm.trees import tree_from_spec
 from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
 
@@ -55,7 +58,9 @@ class ReducedHead:
 class ModelSession(DraftSession):
     """Draft cache = committed tokens (minus the pending ones) + the tree nodes fed during this step.
 
-    `pending` holds committed tokens the draft has not processed yet; its last element is always the root.
+    `pending` holds committed tokens the draft has not processed yet; its last element is always the root. The
+    prompt is fed with the model's own masks and positions (as the target's prefill: image blocks, prefixes, M-RoPE);
+    later feeds use the model's scheme (`specvlm.targets`) for per-layer masks and positions.
     """
 
     def __init__(
@@ -65,15 +70,19 @@ class ModelSession(DraftSession):
         vocab_size: int,
         head: ReducedHead | None = None,
         packed: PackedLinears | None = None,
+        scheme: ModelScheme | None = None,
         **inputs: Any,
     ):
         self.model = model
+        self.scheme = scheme if scheme is not None else scheme_for(model)
         self.head = head
         self.packed = packed
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab = vocab_size
-        self.cache = DynamicCache(config=model.config)
+        self.cache = GrowingCache(model.config)
+        self.delta = 0  # M-RoPE: the prompt's position shift, from the first feed
+        self.fed_pos: list[int] = []  # logical positions of the cache entries after `base` (this step's nodes)
         self.base = 0  # committed tokens in the cache
         self.pending: list[int] = list(prompt_ids)
         self.slot: dict[int, int] = {}  # tree node -> cache position, for this step
@@ -83,33 +92,37 @@ class ModelSession(DraftSession):
 
     @torch.inference_mode()
     def _forward(
-        self, ids: list[int], positions: list[int], mask: torch.Tensor | None, last_only: bool = False
+        self,
+        ids: list[int],
+        allowed: torch.Tensor | None,
+        positions: list[int],
+        keys: list[int],
+        last_only: bool = False,
     ) -> torch.Tensor:
+        """Feed `ids` at logical `positions`, seeing `allowed` [K, past + K] (None: the model's own masks and
+        positions, for the prompt); `keys`: logical positions of the cache entries and the new ones."""
         extra, self.model_inputs = self.model_inputs, {}
+        if allowed is None:
+            args: dict[str, Any] = per_token_slice(extra, len(ids))
+        else:
+            pos = torch.tensor(positions)  # [K]
+            mask = layer_masks(self.scheme, self.cache, allowed, pos, torch.tensor(keys), self.dtype)
+            mask = {k: v.to(self.device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(self.device)
+            args = {"attention_mask": mask, "position_ids": self.scheme.positions(pos, self.delta).to(self.device)}
         with packed_if(self.packed):
-            return self._forward_body(ids, positions, mask, last_only, extra)
+            return self._forward_body(ids, last_only, {**args, **self.scheme.cache_arg(self.cache)})
 
-    def _forward_body(
-        self, ids: list[int], positions: list[int], mask: torch.Tensor | None, last_only: bool, extra: dict[str, Any]
-    ) -> torch.Tensor:
+    def _forward_body(self, ids: list[int], last_only: bool, args: dict[str, Any]) -> torch.Tensor:
         if self.head is not None:  # the base model's final hidden states through the reduced head
             hidden = self.model.model(
-                input_ids=torch.tensor([ids], device=self.device),
-                position_ids=torch.tensor([positions], device=self.device),
-                attention_mask=mask,
-                past_key_values=self.cache,
-                use_cache=True,
-                **extra,
+                input_ids=torch.tensor([ids], device=self.device), use_cache=True, **args
             ).last_hidden_state[0]  # [K, H]
             return self.head.logits(hidden[-1:] if last_only else hidden, self.vocab)  # [K, V]
         out = self.model(
             input_ids=torch.tensor([ids], device=self.device),
-            position_ids=torch.tensor([positions], device=self.device),
-            attention_mask=mask,
-            past_key_values=self.cache,
             use_cache=True,
             **({"logits_to_keep": 1} if last_only and self.trims_logits else {}),  # a prompt feed needs the root's only
-            **extra,
+            **args,
         )
         logits = out.logits[0].float()  # [K, V_draft] (K = 1 with last_only)
         if logits.shape[-1] < self.vocab:
@@ -122,9 +135,14 @@ class ModelSession(DraftSession):
         ids = self.pending
         start = self.base
         n = len(ids)
-        causal = append_causal_mask(start, n, self.dtype)
-        logits = self._forward(ids, list(range(start, start + n)), causal[None, None].to(self.device), last_only=True)
+        if start == 0:  # the prompt: the model's own masks and positions (image blocks, prefixes, M-RoPE)
+            self.delta = rope_delta(self.model, self.scheme, torch.tensor([ids], device=self.device), self.model_inputs)
+            logits = self._forward(ids, None, [], [], last_only=True)
+        else:
+            allowed = torch.ones(n, start + n, dtype=torch.bool).tril_(diagonal=start)  # [n, start + n] causal
+            logits = self._forward(ids, allowed, list(range(start, start + n)), list(range(start + n)), last_only=True)
         self.base = start + n - 1  # the root is a tree node for this step
+        self.fed_pos = [self.base]
         self.slot = {0: self.base}
         self.node_logits = {0: logits[-1]}
         self.pending = []
@@ -135,10 +153,11 @@ class ModelSession(DraftSession):
         new = [n for n in nodes if n not in self.slot]
         if new:
             past = int(self.cache.get_seq_length())
-            mask, depth = append_nodes_mask(new, parents, self.slot, self.base, past, self.dtype)
-            logits = self._forward(
-                [tokens[n] for n in new], [self.base + d for d in depth], mask[None, None].to(self.device)
-            )
+            allowed, depth = append_nodes_allowed(new, parents, self.slot, self.base, past)
+            positions = [self.base + d for d in depth]
+            keys = [*range(self.base), *self.fed_pos, *positions]
+            logits = self._forward([tokens[n] for n in new], allowed, positions, keys)
+            self.fed_pos.extend(positions)
             for row, node in enumerate(new):
                 self.slot[node] = past + row
                 self.node_logits[node] = logits[row]
@@ -151,6 +170,7 @@ class ModelSession(DraftSession):
         keep_positions(self.cache, self.base, [self.slot[n] for n in path[:fed]])
         self.base += fed
         self.pending = list(new_tokens[fed - 1 :])
+        self.fed_pos = []
         self.slot = {}
         self.node_logits = {}
 
@@ -175,6 +195,7 @@ class ModelDrafter(Drafter):
         self.name = name
         self.processor = processor
         self.handles_images = image_token_id(model.config) is not None
+        self.scheme = scheme_for(self.model)  # how it attends and numbers positions (ConfigError if not served)
         head_ids = head_ids if head_ids is not None else getattr(model.config, "specvlm_head_ids", None)
         self.head = ReducedHead.of(self.model, head_ids) if head_ids else None
         self.packed = maybe_pack(self.model, None)  # CPU float32: oneDNN-packed linears (specvlm/packed.py)
@@ -214,4 +235,4 @@ class ModelDrafter(Drafter):
         if images is not None:  # the draft's own ids and pixel values (text LM: the ids without the image)
             prompt_ids, pixel_inputs = draft_image_inputs(self.model, self.processor, images, prompt_ids)
             inputs = {**inputs, **pixel_inputs}
-        return ModelSession(self.model, prompt_ids, vocab_size, self.head, self.packed, **inputs)
+        return ModelSession(self.model, prompt_ids, vocab_size, self.head, self.packed, self.scheme, **inputs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,8 +20,10 @@ from .models import LoadOptions, ModelSpec, TargetModel, load_embedded, load_mod
 from .sampling import Sampling
 from .stats import GenerationStats
 from .stopping import StopStrings
+from .targets.scheme import PER_TOKEN_INPUTS
+from .targets.selfcheck import self_check
 from .trees import make_tree
-from .vlm import handles_images, prepare
+from .vlm import ImagePrompt, handles_images, image_token_runs, prepare, split_inputs
 
 PromptLike = str | Sequence[int] | torch.Tensor
 
@@ -103,12 +105,20 @@ class Decoder:
         temperature: float,
         top_p: float,
         seed: int | None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Request:
         if image is not None and self.target.image_token_id is None:
-            raise ImageError("this target is a text-only model: drop the image or load a llava target")
+            raise ImageError(
+                "this target is a text-only model: drop the image, or load a vision-language target "
+                "(e.g. target='embedded-vlm')"
+            )
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
         sampling = Sampling(temperature, top_p, seed)
+        if inputs is not None:
+            if image is not None or (isinstance(prompt, str) and prompt) or not isinstance(prompt, str):
+                raise PromptError("give inputs=... (what the processor returned) or image/prompt, not both")
+            return self._request_from_inputs(inputs, max_new_tokens, sampling)
         if self.target.image_token_id is None:
             return Request(tuple(self.prompt_ids(prompt)), max_new_tokens, sampling)
         # a VLM: expand the image placeholders, pixel values for both prefills, and ids only afterwards
@@ -117,7 +127,34 @@ class Decoder:
             raise PromptError("the prompt is empty: give some text, or a list of token ids")
         ids, images = prepare(self.target, image, text_or_ids)
         ids = self.prompt_ids(ids)  # vocabulary and context-window checks on the expanded ids
-        return Request(tuple(ids), max_new_tokens, sampling, images.model_inputs(), {"images": images})
+        model_inputs = {**self.target.scheme.token_type_input(ids, images.token_id), **images.model_inputs()}
+        model_inputs = {k: (v.to(self.target.device) if torch.is_tensor(v) else v) for k, v in model_inputs.items()}
+        return Request(tuple(ids), max_new_tokens, sampling, model_inputs, {"images": images})
+
+    def _request_from_inputs(self, inputs: Mapping[str, Any], max_new_tokens: int, sampling: Sampling) -> Request:
+        """A request from one sample as HF users hold it: `processor(images=..., text=..., return_tensors="pt")`."""
+        ids, model_inputs = split_inputs(inputs, self.target)
+        ids = self.prompt_ids(ids)
+        token = self.target.image_token_id
+        if token is None or "pixel_values" not in model_inputs:
+            if model_inputs:
+                extra = ", ".join(sorted(k for k in model_inputs if k not in PER_TOKEN_INPUTS))
+                if extra:
+                    raise PromptError(f"this target takes input_ids only here, got also: {extra}")
+            return Request(tuple(ids), max_new_tokens, sampling)
+        if ids[-1] == token:
+            raise PromptError("the prompt ends with an image token: add the text of the request after the image")
+        model_inputs = {**self.target.scheme.token_type_input(ids, token), **model_inputs}
+        model_inputs = {k: (v.to(self.target.device) if torch.is_tensor(v) else v) for k, v in model_inputs.items()}
+        pixel = {k: v for k, v in model_inputs.items() if k not in PER_TOKEN_INPUTS}
+        images = ImagePrompt(
+            token,
+            tuple(image_token_runs(ids, token)),
+            pixel.pop("pixel_values"),
+            extra=pixel,
+            token_inputs={k: v for k, v in model_inputs.items() if k in PER_TOKEN_INPUTS},
+        )
+        return Request(tuple(ids), max_new_tokens, sampling, model_inputs, {"images": images})
 
     # -- generation -----------------------------------------------------------------------------------------
     def stop_strings(self, stop: str | Sequence[str] | None) -> StopStrings | None:
@@ -159,15 +196,24 @@ class Decoder:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Generation:
         """Generate up to `max_new_tokens` tokens; greedy output equals the target's own greedy output.
 
         `stop`: one string or several; the output ends right after the first of them to appear in the new text
         (the tokens are the shortest prefix whose text holds it, the text is cut right after it).
+        `inputs`: one sample as a processor returns it (`input_ids` [1, L], `pixel_values`, `image_grid_thw`, ...),
+        instead of image/prompt; the new tokens equal `model.generate(**inputs, do_sample=False)`'s.
         """
         rule = self.stop_strings(stop)
         request = self.request(
-            image, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+            image,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            inputs=inputs,
         )
         stats = GenerationStats()
         tokens = [t for chunk in self._steps(request, tree, stats, rule) for t in chunk]
@@ -187,11 +233,19 @@ class Decoder:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         stats: GenerationStats | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Iterator[str]:
-        """Yield text pieces as tokens are accepted (whole characters only); they join to `generate(...).text`."""
+        """Yield text pieces as tokens are accepted (whole characters only); they join to `generate(...).text`.
+        `inputs`: as in `generate`."""
         rule = self.stop_strings(stop)
         request = self.request(
-            image, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+            image,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            inputs=inputs,
         )
         tokens: list[int] = []
         shown = ""
@@ -317,6 +371,7 @@ def load(
     processor: Any | None = None,
     trust_remote_code: bool = False,
     pack_linears: bool | None = None,
+    check: bool = True,
 ) -> Decoder:
     """Load a target and a draft (hub ids, folders, .gguf files or loaded models; None = embedded defaults).
 
@@ -325,6 +380,11 @@ def load(
 
     A llava target (any config with a vision_config and an image token) is loaded with its processor; `processor`
     (and `tokenizer`) override what is found, and give an in-memory llava model what it needs for images and text.
+
+    The target's family must be one the adapters serve (`specvlm.targets`: full or sliding-window attention, M-RoPE
+    and prefix-attention VLMs), else ConfigError. With `check` (the default) the target must also pass the
+    self-check once per config and device (`specvlm.targets.selfcheck`: a tree scored in one forward equals the same
+    tokens decoded one by one), else ConfigError.
     """
     if isinstance(target, PreTrainedModel):
         dev = next(target.parameters()).device
@@ -337,6 +397,8 @@ def load(
     tm = TargetModel(
         loaded.model, tok, processor if processor is not None else loaded.processor, pack_linears=pack_linears
     )
+    if check:
+        self_check(tm)
     return Decoder(tm, make_drafter(draft, tm, opts), tree)
 
 

@@ -1,5 +1,6 @@
 """Keep only the accepted path in a transformers KV cache: gather in place, never recompute. The target's cache
-grows in place (`GrowingCache`): appending a step's tokens writes into spare room instead of copying the whole cache."""
+grows in place (`GrowingCache`): appending a step's tokens writes into spare room instead of copying the whole cache.
+Sliding-window layers (`SlidingLayer`) hold at most the last `window - 1` committed positions plus one step's tree."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import torch
 from transformers import Cache, DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 #: a buffer grows to at least this factor of its old size, so appends cost amortised O(new tokens)
 GROWTH = 1.5
@@ -30,17 +31,22 @@ def keep_positions(cache: Cache, start: int, keep: list[int]) -> None:
 
     Each layer's keys/values: [B, H, S, D] -> [B, H, start + len(keep), D].
     """
-    new_len = start + len(keep)
-    contiguous = keep == list(range(start, new_len))
     for layer in _layers(cache):
-        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
-            continue
-        if not contiguous:
-            idx = torch.tensor(keep, dtype=torch.long, device=layer.keys.device)  # [K]
-            layer.keys[:, :, start:new_len] = layer.keys.index_select(2, idx)
-            layer.values[:, :, start:new_len] = layer.values.index_select(2, idx)
-        layer.keys = layer.keys[:, :, :new_len]
-        layer.values = layer.values[:, :, :new_len]
+        if isinstance(layer, SlidingLayer):
+            layer.keep_positions(start, keep)
+        elif getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
+            _gather(layer, start, keep)
+
+
+def _gather(layer: Any, start: int, keep: list[int]) -> None:
+    """keys/values [B, H, S, D] -> [B, H, start + len(keep), D]: entries [0, start) then `keep` (local indices)."""
+    new_len = start + len(keep)
+    if keep != list(range(start, new_len)):
+        idx = torch.tensor(keep, dtype=torch.long, device=layer.keys.device)  # [K]
+        layer.keys[:, :, start:new_len] = layer.keys.index_select(2, idx)
+        layer.values[:, :, start:new_len] = layer.values.index_select(2, idx)
+    layer.keys = layer.keys[:, :, :new_len]
+    layer.values = layer.values[:, :, :new_len]
 
 
 def crop_to(cache: Cache, length: int) -> None:
@@ -110,10 +116,74 @@ class GrowingLayer(DynamicLayer):
         super().reset()
 
 
+class SlidingLayer(DynamicSlidingWindowLayer):
+    """A sliding-window layer for tree decoding: between steps it holds the last `window - 1` committed positions
+    (what the next token can see); during a step it also holds every tree node fed since, so a kept path is gathered
+    from them, then `keep_positions` cuts it back to the window. Memory: at most window - 1 + one step's nodes.
+
+    `cumulative_length` is the logical sequence length (committed + fed); `offset` the logical position of the
+    first entry held. `update` returns everything held plus the new entries, and `get_mask_sizes` says so, so a mask
+    built by transformers (prefill) or by specvlm (`specvlm.targets`) always matches the keys.
+    """
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append [B, H, n, D]; return all held keys and values, the new ones included."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.cumulative_length += key_states.shape[-2]
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        return self.keys, self.values
+
+    def held(self) -> int:
+        return 0 if self.keys is None else int(self.keys.shape[-2])
+
+    @property
+    def offset(self) -> int:
+        """Logical position of the first held entry."""
+        return self.cumulative_length - self.held()
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.held() + query_length, self.offset
+
+    def keep_positions(self, start: int, keep: list[int]) -> None:
+        """`keep_positions` over logical positions, then drop all but the last window - 1 entries."""
+        if self.is_initialized and self.held():
+            offset = self.offset
+            if start < offset:
+                raise RuntimeError(f"sliding layer: cannot keep from position {start}, the window starts at {offset}")
+            _gather(self, start - offset, [k - offset for k in keep])
+            room = self.sliding_window - 1
+            if self.held() > room:
+                self.keys = self.keys[:, :, -room:]
+                self.values = self.values[:, :, -room:]
+        self.cumulative_length = start + len(keep)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last `-tokens_to_remove` positions (transformers' convention: a negative count)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes a negative count of positions to remove, got {tokens_to_remove}")
+        self.keep_positions(self.cumulative_length + tokens_to_remove, [])
+
+
+#: the cache layers specvlm can keep a path in, by the layer type transformers builds (`DynamicCache(config)`)
+KEEPABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
 class GrowingCache(DynamicCache):
-    """A `DynamicCache` whose full-attention layers are `GrowingLayer`s (other layer kinds, e.g. sliding windows,
-    stay as transformers builds them). `capacity`: positions to reserve up front (the prompt plus the budget)."""
+    """A `DynamicCache` whose full-attention layers are `GrowingLayer`s and sliding-window layers `SlidingLayer`s.
+    `capacity`: positions to reserve up front in the full layers (the prompt plus the budget)."""
 
     def __init__(self, config: Any, capacity: int = 0):
         super().__init__(config=config)
-        self.layers = [GrowingLayer(capacity) if type(layer) is DynamicLayer else layer for layer in self.layers]
+        self.layers = [_engine_layer(layer, capacity) for layer in self.layers]
+
+
+def _engine_layer(layer: Any, capacity: int) -> Any:
+    if type(layer) is DynamicLayer:
+        return GrowingLayer(capacity)
+    if type(layer) is DynamicSlidingWindowLayer:
+        return SlidingLayer(sliding_window=layer.sliding_window)
+    raise TypeError(f"unsupported cache layer {type(layer).__name__}: specvlm keeps paths in full and sliding layers")

@@ -16,7 +16,7 @@ from .builders import Autoregressive, StepLimits, TreeBuilder
 from .cache import keep_positions
 from .costs import AcceptanceFit, SpeedModel
 from .drafting import Drafter, DraftSession
-from .models import TargetModel
+from .models import Prefilled, TargetModel
 from .sampling import Sampling, make_generator
 from .stats import GenerationStats, StepRecord
 from .verify import verify
@@ -78,8 +78,11 @@ def decode(
     # the draft's path probabilities compare with what the target accepts in this generation
     sized = builder.hardware_aware and request.sampling.greedy and not undrafted
     costs, fit = (target.forward_costs() if sized else None), AcceptanceFit()
-    # a VLM's image prefix enters the cache here
-    prefix_hidden = target.prefill(ids[:-1], cache, hidden=feed_hidden, **(request.model_inputs or {}))
+    # a VLM's image prefix enters the cache here (the whole prompt, for a family whose prompt is a bidirectional
+    # prefix: then the first root's logits come from this prefill)
+    first_root: Prefilled | None
+    prefilled = target.start(ids, cache, hidden=feed_hidden, **(request.model_inputs or {}))
+    prefix_hidden, first_root = prefilled.hidden, prefilled
     draft_start = time.perf_counter()
     if undrafted:
         session: DraftSession = Undrafted()
@@ -105,7 +108,10 @@ def decode(
         t1 = time.perf_counter()
         # 2. score every node in one target forward
         past = length - 1
-        logits, hidden = target.score_with_hidden(tree, cache, hidden=feed_hidden)  # [N, V], [N, H] or None
+        logits, hidden = target.score_with_hidden(
+            tree, cache, hidden=feed_hidden, root=first_root, delta=prefilled.delta
+        )  # [N, V], [N, H] or None
+        first_root = None
         t2 = time.perf_counter()
         # 3. verify: the accepted path and the bonus token
         accepted = verify(tree, logits, request.sampling, generator)

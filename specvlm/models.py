@@ -28,7 +28,9 @@ from .cache import GrowingCache
 from .costs import CostTable, cached_costs, cost_key
 from .errors import ConfigError, ModelLoadError
 from .packed import maybe_pack, packed_if
-from .tree import TokenTree, tree_attention_mask, tree_position_ids
+from .targets import ModelScheme, layer_masks, scheme_for
+from .targets.scheme import PER_TOKEN_INPUTS, rope_delta
+from .tree import TokenTree, ancestor_matrix
 from .vlm import image_token_id
 
 ModelSpec = str | os.PathLike | PreTrainedModel | None
@@ -109,6 +111,8 @@ def load_embedded(opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
         _save_plain_copy(model, tok, copy)
     except OSError:
         pass  # read-only home: keep working from the GGUF every time
+    if (copy / "config.json").exists():  # the same object as every later load (its name_or_path is the copy's)
+        return load_embedded(opts)
     if opts.dtype != torch.float32 or opts.device_map is not None:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **opts.kwargs())
     return _place(model, opts), tok
@@ -143,12 +147,10 @@ def load_model(spec: ModelSpec, opts: LoadOptions) -> LoadedModel:
     path = Path(spec)
     extra = {"trust_remote_code": opts.trust_remote_code}
     try:
-        if path.suffix == ".gguf":
-            if not path.is_file():
-                raise ModelLoadError(f"GGUF file not found: {path}")
-            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **opts.kwargs())
-            return LoadedModel(_place(model, opts), tok)
+        if path.suffix == ".gguf":  # dequantised once into $SPECVLM_CACHE/gguf, then loaded from that copy
+            from .gguf_cache import load_gguf
+
+            return LoadedModel(*load_gguf(path, opts))
         looks_local = path.exists() or str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1
         if looks_local and not path.exists():
             raise ModelLoadError(f"model path not found: {spec} (give an existing folder, a .gguf file or a hub id)")
@@ -207,6 +209,22 @@ def eos_ids(model: PreTrainedModel, tokenizer: Any | None) -> frozenset[int]:
     return frozenset(found)
 
 
+@dataclass(frozen=True)
+class Prefilled:
+    """What the prompt's prefill hands the loop: hidden states of the positions before the first root, the first
+    root's logits when they come from the prefill (prefix-attention families), and the prompt's position delta."""
+
+    hidden: torch.Tensor | None  # [L - 1, H] final-normed, when asked for
+    root_logits: torch.Tensor | None  # [V]: the root is already in the cache (None: the first tree scores it)
+    root_hidden: torch.Tensor | None  # [H]
+    delta: int  # M-RoPE: text positions after the prompt are logical + delta
+
+
+def per_token_slice(inputs: dict[str, Any], length: int) -> dict[str, Any]:
+    """`inputs` with the per-token ones ([1, L]: token_type_ids, mm_token_type_ids) cut to the first `length`."""
+    return {k: (v[..., :length] if k in PER_TOKEN_INPUTS and torch.is_tensor(v) else v) for k, v in inputs.items()}
+
+
 @dataclass
 class ForwardTimer:
     """Seconds spent in model forwards, split by purpose."""
@@ -233,6 +251,7 @@ class TargetModel:
         """`pack_linears`: multiply by oneDNN-packed weights in this engine's forwards (specvlm/packed.py);
         None = when the model is float32 on CPU and its linear weights fit in 4 GiB (the copy doubles them)."""
         self.model = model
+        self.scheme: ModelScheme = scheme_for(model)  # attention kinds, positions, prefix rules (ConfigError if none)
         self.packed = maybe_pack(model, pack_linears)
         self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
         self.processor = processor
@@ -274,22 +293,37 @@ class TargetModel:
 
     @torch.inference_mode()
     def prefill(
-        self, ids: list[int], cache: DynamicCache, *, hidden: bool = False, **model_inputs: Any
-    ) -> torch.Tensor | None:
-        """Run the prompt (all but its last token) into `cache`; extra inputs (pixel_values) go to the model.
-        With `hidden`, returns the last hidden state (final-normed) at every position: [L, H]."""
+        self, ids: list[int], cache: DynamicCache, *, hidden: bool = False, logits: bool = False, **model_inputs: Any
+    ) -> Any:
+        """Run `ids` into `cache` with the model's own masks and positions (extra inputs such as pixel_values go to
+        the model; per-token ones are cut to `ids`). Returns the model output (last-position logits only)."""
         if not ids:
-            return torch.zeros(0, self.hidden_size, dtype=self.dtype, device=self.device) if hidden else None
+            return None
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, L]
-        out = self.forward(
+        return self.forward(
             input_ids=input_ids,
-            past_key_values=cache,
+            **self.scheme.cache_arg(cache),
             use_cache=True,
             logits_to_keep=1,
             output_hidden_states=hidden,
-            **model_inputs,
+            **per_token_slice(model_inputs, len(ids)),
         )
-        return out.hidden_states[-1][0] if hidden else None
+
+    @torch.inference_mode()
+    def start(self, ids: list[int], cache: DynamicCache, *, hidden: bool = False, **model_inputs: Any) -> Prefilled:
+        """The prompt's prefill for the decoding loop: all but the last token (the first root, scored with the first
+        tree), or the whole prompt for prefix-attention families, whose root logits come from it."""
+        delta = rope_delta(self.model, self.scheme, torch.tensor([ids], device=self.device), model_inputs)
+        whole = self.scheme.prefix_attention
+        out = self.prefill(ids if whole else ids[:-1], cache, hidden=hidden, **model_inputs)
+        states = out.hidden_states[-1][0] if hidden and out is not None else None  # [L', H]
+        if hidden and states is None:
+            states = torch.zeros(0, self.hidden_size, dtype=self.dtype, device=self.device)
+        if not whole:
+            return Prefilled(states, None, None, delta)
+        return Prefilled(
+            None if states is None else states[:-1], out.logits[0, -1], None if states is None else states[-1], delta
+        )
 
     @torch.inference_mode()
     def score(self, tree: TokenTree, cache: DynamicCache) -> torch.Tensor:
@@ -298,26 +332,72 @@ class TargetModel:
 
     @torch.inference_mode()
     def score_with_hidden(
-        self, tree: TokenTree, cache: DynamicCache, hidden: bool = True
+        self,
+        tree: TokenTree,
+        cache: DynamicCache,
+        hidden: bool = True,
+        *,
+        root: Prefilled | None = None,
+        delta: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`score`, plus the last hidden state (final-normed) at every node when `hidden`: ([N, V], [N, H])."""
+        """`score`, plus the last hidden state (final-normed) at every node when `hidden`: ([N, V], [N, H]).
+
+        `root`: the root is already in the cache with these logits (a prefix-attention prompt's first step): only
+        the nodes below it are fed. `delta`: the prompt's position shift (M-RoPE)."""
         past = int(cache.get_seq_length())
-        n = tree.size
         tokens, parents, depth = tree.tokens, tree.parents, tree.depth
+        if root is not None and root.root_logits is not None:
+            return self._below_root(tree, cache, hidden, root, delta)
+        n = tree.size
         if 1 < n < self.pad_to:  # fp32 forwards of 2-3 tokens are slower than of 4 on CPU: pad with copies of the root
             extra = self.pad_to - n
             tokens = torch.cat([tokens, tokens[:1].expand(extra)])
             parents = torch.cat([parents, torch.full((extra,), -1, dtype=torch.long, device=parents.device)])
             depth = torch.cat([depth, depth.new_zeros(extra)])
-        mask = tree_attention_mask(parents.cpu(), past, self.dtype).to(self.device)  # [1, 1, N', past + N']
-        positions = tree_position_ids(depth, past).to(self.device)  # [1, N']
+        m = int(tokens.shape[0])
+        allowed = torch.ones(m, past + m, dtype=torch.bool)  # [N', past + N']
+        allowed[:, past:] = ancestor_matrix(parents.cpu())
+        return self._forward_nodes(tokens, depth.cpu() + past, allowed, cache, n, hidden, delta)
+
+    def _below_root(
+        self, tree: TokenTree, cache: DynamicCache, hidden: bool, root: Prefilled, delta: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Nodes 1.. of `tree` on a cache that already holds the root (at its last entry)."""
+        first = root.root_logits[None]  # [1, V]
+        first_h = None if root.root_hidden is None else root.root_hidden[None]  # [1, H]
+        if tree.size == 1:
+            return first, first_h if hidden else None
+        past = int(cache.get_seq_length())  # the root is entry past - 1
+        m = tree.size - 1
+        allowed = torch.ones(m, past + m, dtype=torch.bool)  # [N - 1, past + N - 1]
+        allowed[:, past:] = ancestor_matrix(tree.parents.cpu())[1:, 1:]
+        logits, states = self._forward_nodes(
+            tree.tokens[1:], tree.depth[1:].cpu() + past - 1, allowed, cache, m, hidden, delta
+        )
+        return torch.cat([first, logits]), (torch.cat([first_h, states]) if hidden and first_h is not None else None)
+
+    def _forward_nodes(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        allowed: torch.Tensor,
+        cache: DynamicCache,
+        n: int,
+        hidden: bool,
+        delta: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed `tokens` [M] at logical `positions` [M] seeing `allowed` [M, past + M]; logits of the first n."""
+        past = allowed.shape[1] - allowed.shape[0]
+        keys = torch.cat([torch.arange(past), positions])  # [past + M] logical position of every entry
+        mask = layer_masks(self.scheme, cache, allowed, positions, keys, self.dtype)
+        mask = {k: v.to(self.device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(self.device)
         out = self.forward(
             input_ids=tokens[None].to(self.device),
             attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
+            position_ids=self.scheme.positions(positions, delta).to(self.device),
+            **self.scheme.cache_arg(cache),
             use_cache=True,
             logits_to_keep=torch.arange(n, device=self.device),  # no lm_head work for the padding
             output_hidden_states=hidden,
         )
-        return out.logits[0, :n], (out.hidden_states[-1][0, :n] if hidden else None)  # [N, V], [N, H]
+        return out.logits[0, :n], (out.hidden_states[-1][0, :n] if hidden else None)  # [n, V], [n, H]

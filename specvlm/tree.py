@@ -99,9 +99,17 @@ def append_causal_mask(past: int, n: int, dtype: torch.dtype) -> torch.Tensor:
 def append_nodes_mask(
     new: list[int], parents: list[int], slot: dict[int, int], committed: int, past: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, list[int]]:
+    """`append_nodes_allowed` as an additive mask [K, past + K] of 0 / dtype min, and the depths."""
+    allowed, depth = append_nodes_allowed(new, parents, slot, committed, past)
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min), depth
+
+
+def append_nodes_allowed(
+    new: list[int], parents: list[int], slot: dict[int, int], committed: int, past: int
+) -> tuple[torch.Tensor, list[int]]:
     """Feeding tree nodes `new` to a draft cache of `past` entries: the first `committed` are the committed
-    sequence, `slot` maps already-fed nodes to their entries.  Returns the additive mask [K, past + K] (committed
-    prefix + ancestors + itself) and each new node's depth below the root."""
+    sequence, `slot` maps already-fed nodes to their entries.  Returns which entries each new node sees, bool
+    [K, past + K] (committed prefix + ancestors + itself), and each new node's depth below the root."""
     k = len(new)
     allowed = torch.zeros(k, past + k, dtype=torch.bool)  # [K, past + K]
     allowed[:, :committed] = True
@@ -115,4 +123,4 @@ def append_nodes_mask(
             allowed[row, slot[cur]] = True
             cur, d = parents[cur], d + 1
         depth.append(d)
-    return torch.zeros(k, past + k, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min), depth
+    return allowed, depth

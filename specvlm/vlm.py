@@ -162,6 +162,7 @@ class ImagePrompt:
     pixel_values: torch.Tensor  # [N, C, H, W] (llava-next: [N, patches, C, H, W]), target dtype and device
     images: tuple[Image.Image, ...] = ()  # the RGB images; empty when the caller gave pixel_values
     extra: Mapping[str, Any] = field(default_factory=dict)  # other processor outputs the model takes (image_sizes)
+    token_inputs: Mapping[str, Any] = field(default_factory=dict)  # per-token inputs of the target's ids, [1, L]
 
     def model_inputs(self) -> dict[str, Any]:
         return {"pixel_values": self.pixel_values, **self.extra}
@@ -335,6 +336,27 @@ def prepare(target: Any, image: Any, prompt: str | list[int]) -> tuple[list[int]
     return ids, ImagePrompt(token_id, counts, pixel_values, images, extra)
 
 
+def split_inputs(inputs: Mapping[str, Any], target: Any) -> tuple[list[int], dict[str, Any]]:
+    """(prompt ids, the other model inputs) from one sample as a processor returns it: `input_ids` [1, L] or [L];
+    an all-ones `attention_mask` is dropped (the engine writes its own masks), a padded one is refused."""
+    if "input_ids" not in inputs:
+        raise PromptError("inputs=... needs 'input_ids' (what the processor or tokenizer returned)")
+    ids = inputs["input_ids"]
+    ids = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids)
+    if (ids.dim() == 2 and ids.shape[0] != 1) or ids.dim() > 2:
+        raise PromptError(f"inputs hold a batch of {ids.shape[0]}: specvlm decodes one sample at a time")
+    rest: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if key == "input_ids" or value is None:
+            continue
+        if key == "attention_mask":
+            if not bool(torch.as_tensor(value).bool().all()):
+                raise PromptError("inputs hold a padded attention_mask: pass one unpadded sample")
+            continue
+        rest[key] = _to_model(value, target.model) if isinstance(value, torch.Tensor) else value
+    return [int(i) for i in ids.reshape(-1).tolist()], rest
+
+
 # -- what a draft sees ---------------------------------------------------------------------------------------------
 def strip_image_tokens(ids: Sequence[int], token_id: int) -> list[int]:
     """The text part of the ids, for a draft that cannot see images (the last token, the root, always stays)."""
@@ -371,6 +393,8 @@ def draft_image_inputs(
     token_id = image_token_id(model.config)
     if token_id is None:
         return strip_image_tokens(ids, images.token_id), {}
+    if token_id == images.token_id and not images.images:  # the target's own inputs fit a draft of its family
+        return list(ids), {"pixel_values": _to_model(images.pixel_values, model), **images.extra, **images.token_inputs}
     if processor is not None and images.images:
         pixel_values, extra, counts = process_images(processor, list(images.images), token_id, model)
     else:  # no processor of its own: the target's pixel values, counted by the draft's vision tower
