@@ -23,6 +23,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaModel, PreTrainedModel
 from specvlm.cache import keep_positions
 from specvlm.errors import ConfigError, ModelLoadError
 from specvlm.packed import PackedWeight
+from specvlm.targets.scheme import cache_keyword
 from specvlm.tree import append_causal_mask, append_nodes_mask
 from specvlm.trees import tree_from_spec
 
@@ -60,7 +61,7 @@ class FeatureDraftModel(PreTrainedModel):
             inputs_embeds=fused,
             position_ids=position_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            **{cache_keyword(self.decoder): past_key_values},
             use_cache=past_key_values is not None,
         )
         return out.last_hidden_state  # [B, L, H], final-normed like the target's last hidden state

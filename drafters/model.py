@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from specvlm.cache import GrowingCache, keep_positions
+from specvlm.cache import GrowingCache, keep_positions, settle
 from specvlm.errors import ConfigError, ModelLoadError
 from specvlm.models import per_token_slice
 from specvlm.packed import PackedLinears, maybe_pack, packed_if
@@ -138,6 +138,7 @@ class ModelSession(DraftSession):
         if start == 0:  # the prompt: the model's own masks and positions (image blocks, prefixes, M-RoPE)
             self.delta = rope_delta(self.model, self.scheme, torch.tensor([ids], device=self.device), self.model_inputs)
             logits = self._forward(ids, None, [], [], last_only=True)
+            settle(self.cache)  # sliding layers keep only their window of the prompt
         else:
             allowed = torch.ones(n, start + n, dtype=torch.bool).tril_(diagonal=start)  # [n, start + n] causal
             logits = self._forward(ids, allowed, list(range(start, start + n)), list(range(start + n)), last_only=True)

@@ -49,6 +49,13 @@ def _gather(layer: Any, start: int, keep: list[int]) -> None:
     layer.values = layer.values[:, :, :new_len]
 
 
+def settle(cache: Cache) -> None:
+    """After a prefill: sliding layers drop what their window no longer reaches (full layers are left as they are)."""
+    for layer in _layers(cache):
+        if isinstance(layer, SlidingLayer):
+            layer.keep_positions(layer.cumulative_length, [])
+
+
 def crop_to(cache: Cache, length: int) -> None:
     """Drop every position at or after `length`."""
     keep_positions(cache, length, [])

@@ -24,12 +24,12 @@ from transformers import (
 )
 
 from . import embedded, mini_vlm
-from .cache import GrowingCache
+from .cache import GrowingCache, settle
 from .costs import CostTable, cached_costs, cost_key
 from .errors import ConfigError, ModelLoadError
 from .packed import maybe_pack, packed_if
 from .targets import ModelScheme, layer_masks, scheme_for
-from .targets.scheme import PER_TOKEN_INPUTS, rope_delta
+from .targets.scheme import PER_TOKEN_INPUTS, refuse_config, rope_delta
 from .tree import TokenTree, ancestor_matrix
 from .vlm import image_token_id
 
@@ -155,6 +155,7 @@ def load_model(spec: ModelSpec, opts: LoadOptions) -> LoadedModel:
         if looks_local and not path.exists():
             raise ModelLoadError(f"model path not found: {spec} (give an existing folder, a .gguf file or a hub id)")
         config = AutoConfig.from_pretrained(str(spec), **extra)
+        refuse_config(config)  # a family no adapter serves: one ConfigError before any weights load
         if image_token_id(config) is not None:  # llava and kin: the image-text-to-text class and a processor
             model = AutoModelForImageTextToText.from_pretrained(str(spec), **opts.kwargs())
             try:
@@ -198,9 +199,12 @@ def vocab_size(model: PreTrainedModel) -> int:
 
 
 def eos_ids(model: PreTrainedModel, tokenizer: Any | None) -> frozenset[int]:
-    """EOS ids from the generation config, the model config and the tokenizer, never hard-coded."""
+    """EOS ids as the model's own `generate` reads them: its generation config's `eos_token_id` when it has a
+    generation config (None there: no EOS, as in `generate`), else the model config's and the tokenizer's."""
+    gen = getattr(model, "generation_config", None)
+    sources = (gen,) if gen is not None else (model.config, tokenizer)
     found: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+    for source in sources:
         value = getattr(source, "eos_token_id", None) if source is not None else None
         if isinstance(value, int):
             found.add(value)
@@ -316,6 +320,7 @@ class TargetModel:
         delta = rope_delta(self.model, self.scheme, torch.tensor([ids], device=self.device), model_inputs)
         whole = self.scheme.prefix_attention
         out = self.prefill(ids if whole else ids[:-1], cache, hidden=hidden, **model_inputs)
+        settle(cache)  # sliding layers keep only their window of the prompt
         states = out.hidden_states[-1][0] if hidden and out is not None else None  # [L', H]
         if hidden and states is None:
             states = torch.zeros(0, self.hidden_size, dtype=self.dtype, device=self.device)

@@ -17,6 +17,7 @@ The rules, stated once:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,10 +41,18 @@ MROPE = frozenset({"qwen2_vl", "qwen2_5_vl"})
 PREFIX_LM = frozenset({"paligemma"})
 #: inputs aligned with input_ids ([1, L]) that a prefill slices with the ids
 PER_TOKEN_INPUTS = ("token_type_ids", "mm_token_type_ids")
+#: the per-token input each family's prefill needs (M-RoPE modality ids, Gemma 3 image blocks, PaliGemma's prefix)
+TOKEN_TYPES = {
+    "qwen2_vl": "mm_token_type_ids",
+    "qwen2_5_vl": "mm_token_type_ids",
+    "gemma3": "token_type_ids",
+    "paligemma": "token_type_ids",
+}
 
 #: families refused outright, with what is missing
 REFUSED = {
     "mllama": "cross-attention to the image (Mllama) is not a causal tree forward",
+    "mllama_text_model": "cross-attention layers (Mllama's text model) are not a causal tree forward",
     "recurrent_gemma": "recurrent layers keep no per-token cache to gather a path from",
 }
 
@@ -116,7 +125,14 @@ def layer_types(config: Any) -> list[str]:
 
 
 def cache_keyword(model: Any) -> str:
-    params = inspect.signature(model.forward).parameters
+    """The keyword a model's forward takes its KV cache under: `cache` (transformers >= 5.24), else the older
+    `past_key_values` (passing that to a newer model warns that it is removed in 5.40)."""
+    return _cache_keyword(type(model))
+
+
+@functools.cache
+def _cache_keyword(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -127,15 +143,16 @@ def _refuse(model_type: str, why: str) -> ConfigError:
     )
 
 
-def scheme_for(model: Any) -> ModelScheme:
-    """The model's scheme, or ConfigError naming its type and what is missing."""
-    config = model.config
-    model_type = str(getattr(config, "model_type", type(model).__name__))
+def refuse_config(config: Any) -> None:
+    """ConfigError naming the model type and what is missing, for a config no adapter covers (before weights load)."""
+    model_type = str(getattr(config, "model_type", type(config).__name__))
     if model_type in REFUSED:
         raise _refuse(model_type, REFUSED[model_type])
     if getattr(config, "is_encoder_decoder", False):
         raise _refuse(model_type, "encoder-decoder models have no single causal cache to score a tree in")
     text = _text_config(config)
+    if getattr(text, "cross_attention_layers", None):
+        raise _refuse(model_type, "cross-attention layers (to an image or encoder) are not a causal tree forward")
     if getattr(text, "use_bidirectional_attention", False) and model_type not in PREFIX_LM:
         raise _refuse(model_type, "bidirectional attention over the whole sequence is not a causal LM")
     types = layer_types(config)
@@ -144,6 +161,17 @@ def scheme_for(model: Any) -> ModelScheme:
         raise _refuse(model_type, f"its layers of type {', '.join(other)} keep no cache specvlm can keep a path in")
     if not types:
         raise _refuse(model_type, "its config names no decoder layers")
+    if getattr(config, "vision_config", None) is not None and model_type not in SERVED_VLMS:
+        raise _refuse(model_type, "its image prefill and position scheme are not covered by an adapter")
+
+
+def scheme_for(model: Any) -> ModelScheme:
+    """The model's scheme, or ConfigError naming its type and what is missing."""
+    config = model.config
+    refuse_config(config)
+    model_type = str(getattr(config, "model_type", type(model).__name__))
+    text = _text_config(config)
+    types = layer_types(config)
     window = None
     if "sliding_attention" in types:
         windows = {int(getattr(layer, "sliding_window", 0) or 0) for layer in _per_layer(text, len(types))}
@@ -151,14 +179,6 @@ def scheme_for(model: Any) -> ModelScheme:
         if len(windows) != 1:
             raise _refuse(model_type, f"its sliding layers have windows {sorted(windows)}, not one window")
         window = windows.pop()
-    is_vlm = getattr(config, "vision_config", None) is not None
-    if is_vlm and model_type not in SERVED_VLMS:
-        raise _refuse(model_type, "its image prefill and position scheme are not covered by an adapter")
-    token_types = None
-    if model_type in MROPE:
-        token_types = "mm_token_type_ids"
-    elif model_type in PREFIX_LM or model_type == "gemma3":
-        token_types = "token_type_ids"
     return ModelScheme(
         model_type=model_type,
         layer_types=tuple(types),
@@ -167,7 +187,7 @@ def scheme_for(model: Any) -> ModelScheme:
         mrope=model_type in MROPE,
         prefix_attention=model_type in PREFIX_LM,
         cache_keyword=cache_keyword(model),
-        token_types=token_types,
+        token_types=TOKEN_TYPES.get(model_type),
     )
 
 

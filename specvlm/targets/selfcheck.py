@@ -96,9 +96,15 @@ def run_check(target: TargetModel) -> CheckResult:
     for leaf in tree.leaves():
         path = tree.path_to(leaf)
         cache_i = copy.deepcopy(prompt_cache)
-        for node in path[1:]:
+        for step, node in enumerate(path[1:]):
+            # M-RoPE models remember the rope delta of their last image prompt; generate resets it per prompt, here
+            # the text-only positions are given (delta 0), as generate would compute them
+            where = target.scheme.positions(torch.tensor([len(ids) + step]), 0) if target.scheme.mrope else None
             out = target.model(
-                input_ids=tokens[node].view(1, 1).to(target.device), **target.scheme.cache_arg(cache_i), use_cache=True
+                input_ids=tokens[node].view(1, 1).to(target.device),
+                **target.scheme.cache_arg(cache_i),
+                use_cache=True,
+                **({"position_ids": where.to(target.device)} if where is not None else {}),
             )
             reference.setdefault(node, out.logits[0, -1].float())
     want = torch.stack([reference[i] for i in range(tree.size)])  # [N, V]
