@@ -25,11 +25,23 @@ def main() -> None:
         rows.setdefault(family, {})[kind] = f"{sum(same)}/{len(same)}"
     trees = ", ".join(tree_label(t) for t in TREES)
     print(f"Greedy, identical to `model.generate(**inputs)` (trees: {trees}):\n")
-    print("| family | sliding window | n-grams | exact copy | text-only draft |")
+    print("| family | scheme | n-grams | exact copy | text-only draft |")
     print("|---|---|--:|--:|--:|")
     for family, cells in rows.items():
-        window = "yes" if FAMILIES[family].window else ""
-        print(f"| {family} | {window} | {cells['ngram']} | {cells['copy']} | {cells.get('text', '')} |")
+        print(f"| {family} | {scheme(family)} | {cells['ngram']} | {cells['copy']} | {cells.get('text', '')} |")
+
+
+def scheme(family: str) -> str:
+    """What is special about a family's attention and positions."""
+    f = FAMILIES[family]
+    parts = [f"sliding window {f.window}"] if f.window else []
+    if f.mrope:
+        parts.append("M-RoPE")
+    if f.one_indexed_positions:
+        parts.append("bidirectional prefix, positions from 1")
+    elif f.bidirectional_image:
+        parts.append("bidirectional image blocks")
+    return ", ".join(parts) or "causal, 1D RoPE / learned"
 
 
 if __name__ == "__main__":
