@@ -13,8 +13,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='example: specvlm "Summarize the plot of Hamlet." --tree opt --max-new-tokens 96 --stats',
     )
     parser.add_argument("prompt", help="the user message (the chat template is applied when the model has one)")
-    parser.add_argument("--image", help="image file for a llava target")
-    parser.add_argument("--target", help="target: hub id, folder or .gguf file (default: embedded SmolLM2-135M)")
+    parser.add_argument(
+        "--image", help="image file for a vision-language target (without --target: the embedded mini VLM pair)"
+    )
+    parser.add_argument(
+        "--target",
+        help="target: hub id, folder or .gguf file (default: embedded SmolLM2-135M; with --image, 'embedded-vlm')",
+    )
     parser.add_argument("--draft", help="draft: 'ngram', 'ngram:N', a hub id, folder or .gguf file")
     parser.add_argument("--tree", default=None, help="ar, chain, static, dynamic or opt (default: the decoder's)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -30,16 +35,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None, help="float32 (CPU default), float16 or bfloat16")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--stats", action="store_true", help="print tokens per target call and timings at the end")
+    parser.add_argument("--verbose", action="store_true", help="show transformers' notices and loading bars")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
 
 
+def quiet_transformers() -> None:
+    """A one-off command shows the answer: no loading bars, no notices from transformers (errors still show)."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not (args.verbose or args.debug):
+        quiet_transformers()
     import specvlm  # heavy: after argument parsing so --help is instant
+    from specvlm.mini_vlm import TARGET_ALIAS
 
+    target = args.target if args.target is not None or args.image is None else TARGET_ALIAS
     try:
-        dec = specvlm.load(args.target, args.draft, dtype=args.dtype, device=args.device)
+        dec = specvlm.load(target, args.draft, dtype=args.dtype, device=args.device)
         stats = specvlm.GenerationStats()
         for piece in dec.stream(
             args.image,

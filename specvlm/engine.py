@@ -80,9 +80,9 @@ def decode(
     costs, fit = (target.forward_costs() if sized else None), AcceptanceFit()
     # a VLM's image prefix enters the cache here (the whole prompt, for a family whose prompt is a bidirectional
     # prefix: then the first root's logits come from this prefill)
-    first_root: Prefilled | None
     prefilled = target.start(ids, cache, hidden=feed_hidden, **(request.model_inputs or {}))
-    prefix_hidden, first_root = prefilled.hidden, prefilled
+    prefix_hidden = prefilled.hidden
+    first_root: Prefilled | None = prefilled if prefilled.root_logits is not None else None
     draft_start = time.perf_counter()
     if undrafted:
         session: DraftSession = Undrafted()

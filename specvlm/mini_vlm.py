@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -82,6 +81,8 @@ def llava_config(text_config: Any) -> LlavaConfig:
 
 def build_processor(tokenizer: Any) -> LlavaProcessor:
     """CLIP image processing at 64 px and the SmolLM2 tokenizer, with our chat template."""
+    from transformers import CLIPImageProcessor  # here: without torchvision, transformers notes its fallback
+
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )

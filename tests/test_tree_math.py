@@ -67,7 +67,7 @@ def test_parents_must_precede_children() -> None:
 def _prefill(model: torch.nn.Module, prefix: list[int]) -> DynamicCache:
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        model(input_ids=torch.tensor([prefix]), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([prefix]), cache=cache, use_cache=True)
     return cache
 
 
