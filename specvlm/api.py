@@ -270,7 +270,8 @@ class Decoder:
 def make_drafter(
     draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
 ) -> Drafter:
-    """A drafter from a spec: None -> the default ("trained+ngram" for the embedded target, else n-grams),
+    """A drafter from a spec: None -> the default (for the embedded target the fastest of n-grams, trained+ngram
+    and the autoregressive loop measured on this machine, drafters/measured_default.py; else n-grams),
     "ngram[:N]", "layerskip:K[:FOLDER]" (the target's first K layers, its weights shared; FOLDER: a trained exit),
     "A+B[@N]" (a mixture, N = its copy gate), "embedded" (SmolLM2-135M as a draft), a model id / path / GGUF / model
     (a llava draft comes with its processor)."""
@@ -294,10 +295,17 @@ def make_drafter(
         return MixtureDrafter(drafters, copy_gate=int(gate)) if gate else MixtureDrafter(drafters)
     if draft is None and mini_vlm.is_embedded_target(target.model):  # the embedded VLM pair's own llava draft
         return make_drafter(mini_vlm.DRAFT_ALIAS, target, opts, draft_tokenizer)
-    if draft is None:  # the shipped draft + prompt n-grams for its target (2.17x HF generate, docs/performance.md)
+    if draft is None:  # the embedded target: the fastest of n-grams / trained+ngram / ar, measured on this machine
         from drafters.shipped import fits
 
-        return make_drafter("trained+ngram", target, opts) if fits(target.model) else NGramDrafter(max_n=3)
+        if not fits(target.model):
+            return NGramDrafter(max_n=3)
+        from drafters.measured_default import measured_default
+
+        choice = measured_default(target, opts)
+        chosen = make_drafter(choice.draft, target, opts)
+        chosen.default_tree = make_tree(choice.tree)  # the tree it was measured with
+        return chosen
     if isinstance(draft, str) and draft == "trained":
         from drafters.shipped import load_shipped
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from conftest import hf_greedy, random_prompts, tiny_llama
@@ -180,16 +184,37 @@ def test_shipped_trained_draft_is_lossless_on_the_embedded_target(embedded: spec
             assert got.tokens == hf_greedy(model, ids, 24), tree
 
 
-def test_embedded_default_draft_is_the_gated_mixture_and_lossless(embedded: specvlm.Decoder) -> None:
+@pytest.mark.parametrize(
+    ("rates", "kind", "tree"),
+    [
+        ({"ngram/ar": 10.0, "ngram/dynamic": 20.0, "trained+ngram/dynamic": 30.0}, "MixtureDrafter", "dynamic"),
+        ({"ngram/ar": 10.0, "ngram/dynamic": 29.5, "trained+ngram/dynamic": 30.0}, "NGramDrafter", "dynamic"),
+        ({"ngram/ar": 31.0, "ngram/dynamic": 20.0, "trained+ngram/dynamic": 30.0}, "NGramDrafter", "ar"),
+    ],
+)
+def test_embedded_default_draft_is_the_measured_fastest_and_lossless(
+    embedded: specvlm.Decoder, rates: dict[str, float], kind: str, tree: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The default draft is the candidate measured fastest on this machine (ties within 3 % go to the simpler),
+    read from its cache file; it runs with the tree it was measured with, and stays lossless."""
+    from drafters import measured_default
     from drafters.mixture import MixtureDrafter
     from specvlm.api import make_drafter
     from specvlm.models import LoadOptions
+    from specvlm.trees import make_tree
 
+    monkeypatch.setenv("SPECVLM_CACHE", str(tmp_path))
+    draft, chosen = measured_default.pick(rates)
+    path = measured_default.path_for(embedded.target)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"draft": draft, "tree": chosen, "rates": rates}))
     drafter = make_drafter(None, embedded.target, LoadOptions())
-    assert isinstance(drafter, MixtureDrafter) and drafter.copy_gate == 2
-    assert [type(d).__name__ for d in drafter.drafters] == ["FeatureDrafter", "NGramDrafter"]
+    assert type(drafter).__name__ == kind and chosen == tree
+    if isinstance(drafter, MixtureDrafter):
+        assert drafter.copy_gate == 2
+        assert [type(d).__name__ for d in drafter.drafters] == ["FeatureDrafter", "NGramDrafter"]
     decoder = specvlm.Decoder(embedded.target, drafter)
-    assert decoder.default_tree == specvlm.DynamicTree()
+    assert decoder.default_tree == make_tree(tree)
     text = "Repeat exactly: the red fox jumps over the lazy dog, the red fox jumps over the lazy dog."
     ids = embedded.prompt_ids(text)
     got = decoder.generate(prompt=ids, max_new_tokens=32)

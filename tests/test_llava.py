@@ -217,9 +217,7 @@ def test_root_logits_equal_the_full_forward_and_positions_matter(target: LlavaFo
         cache = tm.new_cache()
         tm.prefill(ids[:-1], cache, pixel_values=pv)
         pos = torch.tensor([[len(ids) - 1 + shift]])
-        logits[shift] = target(input_ids=torch.tensor([ids[-1:]]), position_ids=pos, cache=cache).logits[
-            0, -1
-        ]
+        logits[shift] = target(input_ids=torch.tensor([ids[-1:]]), position_ids=pos, cache=cache).logits[0, -1]
     torch.testing.assert_close(logits[0], full, atol=1e-4, rtol=1e-4)
     assert (logits[1] - full).abs().max() > 1e-2
     # the image placed two tokens later in the ids is a different prompt: the logits move
