@@ -126,6 +126,18 @@ def add_model_args(parser: argparse.ArgumentParser, *, several_drafts: bool = Fa
     )
 
 
+#: the seeds' --mode values and the tree each one names (auto: the decoder's default tree)
+SEED_MODES = {"stree": "static", "dtree": "dynamic", "auto": None}
+
+
+def seed_mode(text: str) -> str | None:
+    """--mode sTree|dTree|auto (Dynasurge's flag) as a tree name."""
+    key = text.strip().lower()
+    if key not in SEED_MODES:
+        raise argparse.ArgumentTypeError(f"invalid mode {text!r}: use sTree (static), dTree (dynamic) or auto")
+    return SEED_MODES[key]
+
+
 def add_tree_args(parser: argparse.ArgumentParser) -> None:
     """--tree and its shape flags, and the sampling flags --T/--temperature, --P/--top-p, --seed."""
     group = parser.add_argument_group("tree and sampling")
@@ -148,7 +160,14 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--threshold", type=non_negative_float, metavar="FLOAT", help="opt tree: stop growing when E gains less"
     )
-    group.add_argument("--max-depth", type=positive_int, metavar="INT", help="opt tree: deepest level")
+    group.add_argument("--max-depth", "--max_depth", type=positive_int, metavar="INT", help="opt tree: deepest level")
+    group.add_argument(
+        "--mode",
+        dest="tree",
+        type=seed_mode,
+        metavar="sTree|dTree|auto",
+        help="Dynasurge/Sequoia spelling of --tree: sTree = static, dTree = dynamic, auto = the decoder's default",
+    )
     group.add_argument("--depth", type=positive_int, metavar="INT", help="chain (or dynamic tree): drafted levels")
     group.add_argument(
         "--fixed-size",
@@ -182,6 +201,7 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--use-bfs",
+        "--use_bfs",
         action="store_true",
         help="accepted for Dynasurge compatibility: verification always tries every sibling of a node losslessly "
         "(greedy: the target's argmax among all children; sampling: recursive rejection over siblings); ETV's lossy "

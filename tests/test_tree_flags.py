@@ -60,3 +60,20 @@ def test_sweep_shapes_replace_the_grid() -> None:
     for bad in ("32", "32x", "x8", "0x8", "32x8,a"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--shapes", bad])
+
+
+def test_the_seeds_flags_are_accepted() -> None:
+    """Commands copied from the Sequoia / Dynasurge / OPT-Tree READMEs parse: --mode sTree|dTree|auto, --use_bfs,
+    --max_depth (with --nodes --threshold) name the same trees as --tree static|dynamic, --use-bfs, --max-depth."""
+    args = build_parser().parse_args(["--mode", "dTree", "--B", "64", "--use_bfs", "--T", "0.9", "--P", "1.0"])
+    assert args.use_bfs and tree_from_args(args) == specvlm.DynamicTree(budget=64)
+    assert tree_of("--mode", "sTree", "--branching", "4,2") == specvlm.BranchingTree([4, 2])
+    assert tree_of("--mode", "auto") is None
+    opt = tree_of("--tree", "opt", "--nodes", "60", "--threshold", "0.5", "--max_depth", "10")
+    assert opt == specvlm.OptTree(nodes=60, threshold=0.5, max_depth=10)
+
+
+def test_an_unknown_seed_mode_says_what_to_use(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        tree_of("--mode", "xTree")
+    assert "sTree (static), dTree (dynamic) or auto" in capsys.readouterr().err
