@@ -74,3 +74,15 @@ def test_family_equals_its_own_generate(family: str, kind: str) -> None:
         if kind == "copy" and tree.name == "chain" and not tree.hardware_aware:
             # the copy's own cache and positions are right: it proposes the target's tokens, 4 drafted per call
             assert got.stats.mean_accepted >= 3.5, f"{family}: copy accepts {got.stats.mean_accepted:.2f} per call"
+
+
+def test_self_check_passes_an_m_rope_model_that_saw_an_image() -> None:
+    """A Qwen2-VL forward with an image leaves the model's rope delta set; the self-check's text-only reference must
+    not read it (it refused a correct model before its reference gave its own positions)."""
+    from specvlm.models import TargetModel
+    from specvlm.targets.selfcheck import self_check
+
+    model, inputs = build("qwen2_vl")
+    model.generate(**inputs, do_sample=False, max_new_tokens=1)
+    result = self_check(TargetModel(model), use_cache=False)
+    assert result is not None and result.ok
