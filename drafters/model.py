@@ -106,7 +106,8 @@ class ModelSession(DraftSession):
             args: dict[str, Any] = per_token_slice(extra, len(ids))
         else:
             pos = torch.tensor(positions)  # [K]
-            mask = layer_masks(self.scheme, self.cache, allowed, pos, torch.tensor(keys), self.dtype)
+            where = torch.tensor(keys) if self.scheme.window is not None else None  # only sliding windows need it
+            mask = layer_masks(self.scheme, self.cache, allowed, pos, where, self.dtype)
             mask = {k: v.to(self.device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(self.device)
             args = {"attention_mask": mask, "position_ids": self.scheme.positions(pos, self.delta).to(self.device)}
         with packed_if(self.packed):
@@ -141,7 +142,8 @@ class ModelSession(DraftSession):
             settle(self.cache)  # sliding layers keep only their window of the prompt
         else:
             allowed = torch.ones(n, start + n, dtype=torch.bool).tril_(diagonal=start)  # [n, start + n] causal
-            logits = self._forward(ids, allowed, list(range(start, start + n)), list(range(start + n)), last_only=True)
+            keys = list(range(start + n)) if self.scheme.window is not None else []
+            logits = self._forward(ids, allowed, list(range(start, start + n)), keys, last_only=True)
         self.base = start + n - 1  # the root is a tree node for this step
         self.fed_pos = [self.base]
         self.slot = {0: self.base}
@@ -156,7 +158,7 @@ class ModelSession(DraftSession):
             past = int(self.cache.get_seq_length())
             allowed, depth = append_nodes_allowed(new, parents, self.slot, self.base, past)
             positions = [self.base + d for d in depth]
-            keys = [*range(self.base), *self.fed_pos, *positions]
+            keys = [*range(self.base), *self.fed_pos, *positions] if self.scheme.window is not None else []
             logits = self._forward([tokens[n] for n in new], allowed, positions, keys)
             self.fed_pos.extend(positions)
             for row, node in enumerate(new):

@@ -393,7 +393,8 @@ class TargetModel:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed `tokens` [M] at logical `positions` [M] seeing `allowed` [M, past + M]; logits of the first n."""
         past = allowed.shape[1] - allowed.shape[0]
-        keys = torch.cat([torch.arange(past), positions])  # [past + M] logical position of every entry
+        # [past + M] logical position of every entry: only sliding windows read it
+        keys = torch.cat([torch.arange(past), positions]) if self.scheme.window is not None else None
         mask = layer_masks(self.scheme, cache, allowed, positions, keys, self.dtype)
         mask = {k: v.to(self.device) for k, v in mask.items()} if isinstance(mask, dict) else mask.to(self.device)
         out = self.forward(

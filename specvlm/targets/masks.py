@@ -30,7 +30,7 @@ def layer_masks(
     cache: Any,
     allowed: torch.Tensor,
     query_pos: torch.Tensor,
-    key_pos: torch.Tensor,
+    key_pos: torch.Tensor | None,
     dtype: torch.dtype,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """The `attention_mask` argument for feeding n tokens on top of `cache`.
@@ -38,7 +38,8 @@ def layer_masks(
     allowed:   [n, C] bool, C = logical cache length + n: which entries each new token may see (prefix, ancestors,
                itself), before any window
     query_pos: [n] logical positions of the new tokens
-    key_pos:   [C] logical positions of every entry (cache entries, then the new tokens)
+    key_pos:   [C] logical positions of every entry (cache entries, then the new tokens); needed only when the
+               scheme has sliding layers (`scheme.window`), else None
     Returns one [1, 1, n, C'] mask when every layer is of one type, else {layer type: mask} (transformers' per-layer
     -type mapping, which its models pass through as given).
     """
@@ -48,6 +49,8 @@ def layer_masks(
         if kind == "full_attention":
             masks[kind] = additive(allowed, dtype)
             continue
+        if key_pos is None:
+            raise ValueError("a sliding-window scheme needs the entries' positions (key_pos)")
         held = held_by_sliding(cache)
         start = width - n - (held if held is not None else width - n)  # columns before it are no longer held
         near = (query_pos[:, None] - key_pos[None, start:]) < int(scheme.window or 0)  # [n, C - start]
