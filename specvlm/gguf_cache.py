@@ -175,7 +175,7 @@ def check_gguf(gguf: Path) -> None:
         raise ModelLoadError(f"cannot read GGUF file {gguf}: {err.strerror or err}") from None
 
 
-def _write_copy(model: PreTrainedModel, tok: Any, folder: Path) -> bool:
+def write_plain_copy(model: PreTrainedModel, tok: Any, folder: Path) -> bool:
     """Write the model as a plain HF folder (config + safetensors + tokenizer) via a temporary folder and a rename.
     Returns False, leaving nothing behind, when the cache cannot be written (read-only, full) or another process won."""
     tmp: Path | None = None
@@ -235,7 +235,7 @@ def load_gguf(gguf: Path, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = _from_gguf(gguf, dtype=torch.float32)
-        written = _write_copy(model, tok, copy)
+        written = write_plain_copy(model, tok, copy)
         if opts.dtype != torch.float32 or opts.device_map is not None:
             kwargs = opts.kwargs()
             model = AutoModelForCausalLM.from_pretrained(copy, **kwargs) if written else _from_gguf(gguf, **kwargs)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from transformers import (
     AutoConfig,
@@ -82,21 +79,6 @@ def _place(model: PreTrainedModel, opts: LoadOptions) -> PreTrainedModel:
     return model.eval()
 
 
-def _save_plain_copy(model: PreTrainedModel, tok: Any, folder: Path) -> None:
-    """Write a dequantised GGUF model as a plain HF folder (config + safetensors + tokenizer), atomically."""
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
-    tok.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    tmp.rename(folder)
-
-
 def load_embedded(opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
     """The embedded SmolLM2-135M-Instruct (GGUF, dequantised once, then read from the local float32 copy)."""
     gguf = embedded.embedded_gguf()
@@ -107,12 +89,11 @@ def load_embedded(opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
         return _place(model, opts), tok
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    try:
-        _save_plain_copy(model, tok, copy)
-    except OSError:
-        pass  # read-only home: keep working from the GGUF every time
-    if (copy / "config.json").exists():  # the same object as every later load (its name_or_path is the copy's)
-        return load_embedded(opts)
+    from .gguf_cache import write_plain_copy
+
+    write_plain_copy(model, tok, copy)  # False on a read-only home: then work from the GGUF every time
+    if (copy / "config.json").exists() and (copy / "tokenizer_config.json").exists():
+        return load_embedded(opts)  # the object every later load returns (its name_or_path is the copy's)
     if opts.dtype != torch.float32 or opts.device_map is not None:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **opts.kwargs())
     return _place(model, opts), tok
