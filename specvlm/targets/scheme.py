@@ -75,11 +75,6 @@ class ModelScheme:
         """The distinct layer types, in a fixed order."""
         return tuple(t for t in SERVED_LAYERS if t in self.layer_types)
 
-    @property
-    def plain(self) -> bool:
-        """Every layer full attention and 1D positions from 0: one 4D mask serves every layer."""
-        return self.kinds == ("full_attention",)
-
     def cache_arg(self, cache: Any) -> dict[str, Any]:
         return {self.cache_keyword: cache}
 
