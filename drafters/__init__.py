@@ -1,7 +1,7 @@
-"""Draft sources for specvlm: n-gram lookup, independent small LMs, layer-skip self-drafts, trained feature drafts,
-and mixtures of them."""
+"""Draft sources for specvlm: n-gram lookup, small LMs, layer-skip self-drafts, trained feature drafts, mixtures."""
 
-from .base import Drafter, DraftSession
+from specvlm.drafting import DraftContext, Drafter, DraftSession, WrappingDrafter
+
 from .feature_draft import FeatureDrafter
 from .followers import FollowerDrafter
 from .mixture import MixtureDrafter
@@ -10,6 +10,7 @@ from .ngram import NGramDrafter
 from .text_only import TextOnlyDrafter
 
 __all__ = [
+    "DraftContext",
     "DraftSession",
     "Drafter",
     "FeatureDrafter",
@@ -18,4 +19,5 @@ __all__ = [
     "ModelDrafter",
     "NGramDrafter",
     "TextOnlyDrafter",
+    "WrappingDrafter",
 ]

@@ -21,14 +21,15 @@ from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaModel, PreTrainedModel
 
 from specvlm.cache import keep_positions
+from specvlm.drafting import DraftContext, Drafter, DraftSession
 from specvlm.errors import ConfigError, ModelLoadError
 from specvlm.packed import PackedWeight
 from specvlm.targets.scheme import cache_keyword
 from specvlm.tree import append_causal_mask, append_nodes_mask
 from specvlm.trees import tree_from_spec
 
-from .base import Drafter, DraftSession
 from .feature_fast import DYNAMIC_ROPE, LeanFeatureForward, LeanKV, rope_type
+from .session import TreeFedSession
 
 DRAFT_KIND = "feature"
 
@@ -107,7 +108,7 @@ def target_head(target: PreTrainedModel) -> tuple[nn.Embedding, torch.Tensor]:
     return target.get_input_embeddings(), target.get_output_embeddings().weight
 
 
-class FeatureSession(DraftSession):
+class FeatureSession(TreeFedSession):
     """Draft cache = committed tokens fed with the target's real features, + this step's tree nodes.
 
     `pending` tokens are committed but not yet fed; `pending_feats` holds the target feature of each one's
@@ -118,19 +119,16 @@ class FeatureSession(DraftSession):
     supports_skips = True
 
     def __init__(self, drafter: FeatureDrafter, prompt_ids: list[int], target_hidden: torch.Tensor):
+        super().__init__(prompt_ids)
         self.d = drafter
         self.cache: LeanKV | DynamicCache = (
             drafter.lean.new_cache(capacity=2 * len(prompt_ids) + 64)
             if drafter.lean is not None
             else DynamicCache(config=drafter.model.config)
         )
-        self.base = 0  # committed tokens in the cache
         zero = target_hidden.new_zeros(1, target_hidden.shape[-1])
-        self.pending = list(prompt_ids)
         self.pending_feats = torch.cat([zero, target_hidden[: len(prompt_ids) - 1]])  # [P, H]
-        self.slot: dict[int, int] = {}
         self.out: dict[int, torch.Tensor] = {}  # node -> predicted feature [H]
-        self.node_logits: dict[int, torch.Tensor] = {}
         self.hidden: torch.Tensor | None = None  # target hidden states of the last scored tree [N, H]
 
     def _forward(
@@ -177,21 +175,7 @@ class FeatureSession(DraftSession):
 
     @torch.inference_mode()
     def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
-        if self.pending:
-            self._feed_pending()
-        # a mixture may have skipped this draft at some ancestors: feed those first, shallowest level first
-        missing: dict[int, int] = {}  # node -> depth below its deepest fed ancestor
-        for node in nodes:
-            chain, cur = [], node
-            while cur not in self.slot and cur not in missing:
-                chain.append(cur)
-                cur = parents[cur]
-            base = missing.get(cur, 0)
-            for i, n in enumerate(reversed(chain)):
-                missing[n] = base + i + 1
-        for level in sorted(set(missing.values())):
-            self._feed_nodes([n for n in missing if missing[n] == level], tokens, parents)
-        return torch.stack([self.node_logits[n] for n in nodes])  # [len(nodes), V]
+        return super().logits(nodes, tokens, parents)  # a mixture may have skipped some ancestors: fed first
 
     def observe_hidden(self, hidden: torch.Tensor) -> None:
         self.hidden = hidden
@@ -211,9 +195,9 @@ class FeatureSession(DraftSession):
         else:
             keep_positions(self.cache, self.base, [self.base])
         self.base += 1
-        self.pending = list(new_tokens)
         self.pending_feats = feats
-        self.slot, self.out, self.node_logits, self.hidden = {}, {}, {}, None
+        self.out, self.hidden = {}, None
+        self._next_step(list(new_tokens))
 
 
 class FeatureDrafter(Drafter):
@@ -252,14 +236,12 @@ class FeatureDrafter(Drafter):
         full = torch.full((feats.shape[0], self.vocab), -torch.inf, device=feats.device)
         return full.index_copy_(1, self.head_ids, small)
 
-    def session(
-        self, prompt_ids: list[int], vocab_size: int, target_hidden: torch.Tensor | None = None, **inputs: Any
-    ) -> DraftSession:
-        if target_hidden is None:
+    def session(self, context: DraftContext) -> DraftSession:
+        if context.target_hidden is None:
             raise ConfigError("the feature draft needs the target's hidden states (use it through specvlm's engine)")
-        if inputs.get("images") is not None:
+        if context.images is not None:
             raise ConfigError("the feature draft is text-only: it cannot draft for a VLM target yet")
-        return FeatureSession(self, prompt_ids, target_hidden.to(self.device))
+        return FeatureSession(self, list(context.prompt_ids), context.target_hidden.to(self.device))
 
     @torch.inference_mode()
     def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig
 
+from specvlm.cache import gather_kept
 from specvlm.packed import PackedWeight
 
 #: rope types whose frequencies change with the sequence length at run time (not supported by the lean forward)
@@ -82,12 +83,7 @@ class LeanKV:
     @torch.inference_mode()
     def keep(self, start: int, keep: list[int]) -> None:
         """Keep positions [0, start) and then the positions `keep` (absolute, ascending); drop the rest."""
-        new_len = start + len(keep)
-        if keep != list(range(start, new_len)):
-            idx = torch.tensor(keep, dtype=torch.long, device=self.keys.device)  # [K]
-            self.keys[:, :, start:new_len] = self.keys.index_select(2, idx)
-            self.values[:, :, start:new_len] = self.values.index_select(2, idx)
-        self.length = new_len
+        self.length = gather_kept(self.keys, self.values, start, keep)  # [layers, kv, cap, D]: positions on dim 2
 
 
 @dataclass(frozen=True)

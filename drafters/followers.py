@@ -1,17 +1,18 @@
-"""Follower tokens, losslessly: every target forward scores many tree nodes whose target argmax is then known;
-remember it per (previous token, token) and offer it as an extra candidate child next time the same pair ends a
-path. The seed study's "common-sense" verification overwrote draft tokens after scoring (lossy); here the followers
-enter the tree before the target scores it, through the draft distribution, so verification stays exact.
+"""Follower tokens, losslessly: the target's already-known argmaxes offered again as candidate children.
+
+Every target forward scores many tree nodes whose target argmax is then known; remember it per (previous token,
+token) and offer it as an extra candidate child next time the same pair ends a path. The seed study's "common-sense"
+verification overwrote draft tokens after scoring (lossy); here the followers enter the tree before the target
+scores it, through the draft distribution, so verification stays exact.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from specvlm.drafting import Drafter, DraftSession
+from specvlm.drafting import DraftContext, Drafter, DraftSession, WrappingDrafter
 
 
 class FollowerSession(DraftSession):
@@ -59,17 +60,15 @@ class FollowerSession(DraftSession):
         self.root = new_tokens[-1]
 
 
-class FollowerDrafter(Drafter):
+class FollowerDrafter(WrappingDrafter):
     """Wrap any drafter: mix q with a point mass (weight w) on the target's remembered follower token."""
 
     def __init__(self, base: Drafter, weight: float = 0.5):
         if not 0.0 < weight <= 1.0:
             raise ValueError("follower weight must be in (0, 1]")
-        self.base = base
+        super().__init__(base)
         self.weight = weight
         self.name = f"{base.name}+followers"
-        self.needs_target_hidden = base.needs_target_hidden
-        self.default_tree = base.default_tree
 
-    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
-        return FollowerSession(self.base.session(prompt_ids, vocab_size, **inputs), list(prompt_ids), self.weight)
+    def session(self, context: DraftContext) -> DraftSession:
+        return FollowerSession(self.base.session(context), list(context.prompt_ids), self.weight)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from specvlm.costs import cost_key
-from specvlm.embedded import cache_root
+from specvlm.options import cache_root
 
 if TYPE_CHECKING:
-    from specvlm.models import LoadOptions, TargetModel
+    from specvlm.drafting import Drafter
+    from specvlm.models import TargetModel
 
 log = logging.getLogger("specvlm")
 
@@ -49,20 +51,31 @@ class Choice:
     rates: dict[str, float]  # "draft/tree" -> tokens/s over the calibration prompts
 
 
-def measure(target: TargetModel, opts: LoadOptions) -> Choice:
-    """Decode the calibration prompts with every candidate on `target`; the fastest (ties: the simplest)."""
-    from specvlm.api import Decoder, make_drafter
+def measure(target: TargetModel, make: Callable[[str], Drafter]) -> Choice:
+    """Decode the calibration prompts with every candidate on `target` (`make(spec)` builds a candidate's draft);
+    the fastest (ties: the simplest)."""
+    from specvlm.engine import Request, decode
+    from specvlm.prompts import prompt_ids
+    from specvlm.sampling import Sampling
+    from specvlm.stats import GenerationStats
+    from specvlm.trees import make_tree
+
+    def run(drafter: Drafter, tree: str, prompt: str, new_tokens: int) -> tuple[list[int], float]:
+        request = Request(tuple(prompt_ids(target, prompt)), new_tokens, Sampling())
+        stats = GenerationStats()
+        tokens = [t for step in decode(target, drafter, make_tree(tree), request, stats) for t in step.tokens]
+        return tokens, stats.seconds
 
     rates: dict[str, float] = {}
     outputs: dict[str, list[list[int]]] = {}
     for draft, tree in CANDIDATES:
-        dec = Decoder(target, make_drafter(draft, target, opts))
-        dec.generate(prompt=CALIBRATION[1], max_new_tokens=8, tree=tree)  # warm-up
+        drafter = make(draft)
+        run(drafter, tree, CALIBRATION[1], 8)  # warm-up
         tokens, seconds, outs = 0, 0.0, []
         for prompt in CALIBRATION:
-            gen = dec.generate(prompt=prompt, max_new_tokens=NEW_TOKENS, tree=tree)
-            tokens, seconds = tokens + len(gen.tokens), seconds + gen.stats.seconds
-            outs.append(gen.tokens)
+            out, spent = run(drafter, tree, prompt, NEW_TOKENS)
+            tokens, seconds = tokens + len(out), seconds + spent
+            outs.append(out)
         rates[f"{draft}/{tree}"] = round(tokens / max(seconds, 1e-9), 3)
         outputs[f"{draft}/{tree}"] = outs
     first = next(iter(outputs.values()))
@@ -82,8 +95,9 @@ def path_for(target: TargetModel) -> Path:
     return cache_root() / "defaults" / f"{cost_key(target)}-v{VERSION}.json"
 
 
-def measured_default(target: TargetModel, opts: LoadOptions) -> Choice:
-    """The cached choice for this target and machine, measured (about half a minute) on first use."""
+def measured_default(target: TargetModel, make: Callable[[str], Drafter]) -> Choice:
+    """The cached choice for this target and machine, measured on first use (each candidate decodes the
+    calibration prompts once)."""
     path = path_for(target)
     if path.is_file():
         try:
@@ -92,7 +106,7 @@ def measured_default(target: TargetModel, opts: LoadOptions) -> Choice:
         except (json.JSONDecodeError, KeyError, TypeError, OSError):
             pass  # a damaged file is measured again
     log.warning("specvlm: choosing this target's default draft by measured tokens/s, once (cached in %s)", path)
-    choice = measure(target, opts)
+    choice = measure(target, make)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

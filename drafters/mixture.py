@@ -15,11 +15,10 @@ alone), so verification stays exact.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from specvlm.drafting import Drafter, DraftSession
+from specvlm.drafting import DraftContext, Drafter, DraftSession
 
 from .ngram import NGramSession
 
@@ -84,8 +83,8 @@ class MixtureDrafter(Drafter):
     """`MixtureDrafter([feature_draft, NGramDrafter()], [0.5, 0.5])`, or `draft="trained+ngram"`.
 
     `copy_gate` (default 2, 0 = off): where an n-gram source matches at least that many tokens, the other sources
-    are not asked.  With the shipped draft on 6 mixed prompts, dynamic tree sized for speed: news 2.88 tokens per
-    call and 33.7 tok/s with the gate at 2, 2.13 and 29.6 tok/s without it (docs/performance.md)."""
+    are not asked: a long copy is taken anyway, so skipping the model draft's forward there saves time and, on news,
+    raises tokens per call (docs/performance.md, "The copy gate")."""
 
     def __init__(self, drafters: list[Drafter], weights: list[float] | None = None, copy_gate: int = 2):
         if copy_gate < 0:
@@ -100,13 +99,9 @@ class MixtureDrafter(Drafter):
         self.copy_gate = copy_gate
         self.name = "+".join(d.name for d in drafters)
         self.needs_target_hidden = any(d.needs_target_hidden for d in drafters)
+        self.handles_images = any(d.handles_images for d in drafters)  # each part gets the context it declared
         self.default_tree = next((d.default_tree for d in drafters if d.default_tree is not None), None)
 
-    def session(
-        self, prompt_ids: list[int], vocab_size: int, target_hidden: torch.Tensor | None = None, **inputs: Any
-    ) -> DraftSession:
-        sessions = []
-        for d in self.drafters:
-            extra = {"target_hidden": target_hidden} if d.needs_target_hidden else {}
-            sessions.append(d.session(prompt_ids, vocab_size, **extra, **inputs))
+    def session(self, context: DraftContext) -> DraftSession:
+        sessions = [d.session(context.for_drafter(d)) for d in self.drafters]  # a text part sees the text only
         return MixtureSession(sessions, self.weights, self.copy_gate)

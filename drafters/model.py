@@ -11,6 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from specvlm.cache import GrowingCache, keep_positions, settle
+from specvlm.drafting import DraftContext, Drafter, DraftSession
 from specvlm.errors import ConfigError, ModelLoadError
 from specvlm.models import per_token_slice
 from specvlm.packed import PackedLinears, maybe_pack, packed_if
@@ -18,9 +19,9 @@ from specvlm.targets import ModelScheme, layer_masks, scheme_for
 from specvlm.targets.scheme import rope_delta
 from specvlm.tree import append_nodes_allowed
 from specvlm.trees import tree_from_spec
-from specvlm.vlm import ImagePrompt, draft_image_inputs, image_token_id
+from specvlm.vlm import draft_image_inputs, image_token_id
 
-from .base import Drafter, DraftSession
+from .session import TreeFedSession
 
 
 @dataclass
@@ -55,7 +56,7 @@ class ReducedHead:
         return out
 
 
-class ModelSession(DraftSession):
+class ModelSession(TreeFedSession):
     """Draft cache = committed tokens (minus the pending ones) + the tree nodes fed during this step.
 
     `pending` holds committed tokens the draft has not processed yet; its last element is always the root. The
@@ -73,6 +74,7 @@ class ModelSession(DraftSession):
         scheme: ModelScheme | None = None,
         **inputs: Any,
     ):
+        super().__init__(prompt_ids)
         self.model = model
         self.scheme = scheme if scheme is not None else scheme_for(model)
         self.head = head
@@ -83,10 +85,6 @@ class ModelSession(DraftSession):
         self.cache = GrowingCache(model.config)
         self.delta = 0  # M-RoPE: the prompt's position shift, from the first feed
         self.fed_pos: list[int] = []  # logical positions of the cache entries after `base` (this step's nodes)
-        self.base = 0  # committed tokens in the cache
-        self.pending: list[int] = list(prompt_ids)
-        self.slot: dict[int, int] = {}  # tree node -> cache position, for this step
-        self.node_logits: dict[int, torch.Tensor] = {}  # tree node -> draft logits [V], for this step
         self.model_inputs = inputs  # e.g. pixel_values: consumed by the first forward
         self.trims_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -150,21 +148,16 @@ class ModelSession(DraftSession):
         self.node_logits = {0: logits[-1]}
         self.pending = []
 
-    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
-        if self.pending:
-            self._feed_pending()
-        new = [n for n in nodes if n not in self.slot]
-        if new:
-            past = int(self.cache.get_seq_length())
-            allowed, depth = append_nodes_allowed(new, parents, self.slot, self.base, past)
-            positions = [self.base + d for d in depth]
-            keys = [*range(self.base), *self.fed_pos, *positions] if self.scheme.window is not None else []
-            logits = self._forward([tokens[n] for n in new], allowed, positions, keys)
-            self.fed_pos.extend(positions)
-            for row, node in enumerate(new):
-                self.slot[node] = past + row
-                self.node_logits[node] = logits[row]
-        return torch.stack([self.node_logits[n] for n in nodes])  # [len(nodes), V]
+    def _feed_nodes(self, new: list[int], tokens: list[int], parents: list[int]) -> None:
+        past = int(self.cache.get_seq_length())
+        allowed, depth = append_nodes_allowed(new, parents, self.slot, self.base, past)
+        positions = [self.base + d for d in depth]
+        keys = [*range(self.base), *self.fed_pos, *positions] if self.scheme.window is not None else []
+        logits = self._forward([tokens[n] for n in new], allowed, positions, keys)
+        self.fed_pos.extend(positions)
+        for row, node in enumerate(new):
+            self.slot[node] = past + row
+            self.node_logits[node] = logits[row]
 
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         fed = 0
@@ -172,10 +165,8 @@ class ModelSession(DraftSession):
             fed += 1
         keep_positions(self.cache, self.base, [self.slot[n] for n in path[:fed]])
         self.base += fed
-        self.pending = list(new_tokens[fed - 1 :])
         self.fed_pos = []
-        self.slot = {}
-        self.node_logits = {}
+        self._next_step(list(new_tokens[fed - 1 :]))
 
 
 class ModelDrafter(Drafter):
@@ -232,10 +223,8 @@ class ModelDrafter(Drafter):
         out = self.model(input_ids=ids[None].to(next(self.model.parameters()).device), use_cache=False)
         return out.logits[0].float()  # [L, V_draft]
 
-    def session(
-        self, prompt_ids: list[int], vocab_size: int, images: ImagePrompt | None = None, **inputs: Any
-    ) -> DraftSession:
-        if images is not None:  # the draft's own ids and pixel values (text LM: the ids without the image)
-            prompt_ids, pixel_inputs = draft_image_inputs(self.model, self.processor, images, prompt_ids)
-            inputs = {**inputs, **pixel_inputs}
-        return ModelSession(self.model, prompt_ids, vocab_size, self.head, self.packed, self.scheme, **inputs)
+    def session(self, context: DraftContext) -> DraftSession:
+        prompt_ids, inputs = list(context.prompt_ids), {}
+        if context.images is not None:  # the draft's own ids and pixel values
+            prompt_ids, inputs = draft_image_inputs(self.model, self.processor, context.images, prompt_ids)
+        return ModelSession(self.model, prompt_ids, context.vocab_size, self.head, self.packed, self.scheme, **inputs)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from typing import Any
 
 import torch
 
-from .base import Drafter, DraftSession
+from specvlm.drafting import DraftContext, Drafter, DraftSession
 
 
 class NGramSession(DraftSession):
@@ -77,8 +76,8 @@ class NGramDrafter(Drafter):
     """Prompt-lookup drafting with count-based probabilities: no weights, no forward passes.
 
     min_n=2: a single-token match proposes nothing, so the step costs one cheap forward instead of scoring a chain
-    that is rarely accepted (1.31x vs 1.14x over the autoregressive loop on news articles 9-16, see
-    docs/performance.md)."""
+    that is rarely accepted, which made the decoder faster on news (docs/performance.md, "The n-gram draft's
+    minimum match length")."""
 
     def __init__(self, max_n: int = 3, min_n: int = 2):
         if not 1 <= min_n <= max_n:
@@ -86,8 +85,8 @@ class NGramDrafter(Drafter):
         self.max_n, self.min_n = max_n, min_n
         self.name = f"ngram{max_n}"
 
-    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
-        return NGramSession(list(prompt_ids), vocab_size, self.max_n, self.min_n)
+    def session(self, context: DraftContext) -> DraftSession:
+        return NGramSession(list(context.prompt_ids), context.vocab_size, self.max_n, self.min_n)
 
     def sequence_logits(self, ids: torch.Tensor, target_hidden: torch.Tensor | None) -> torch.Tensor:
         """What the session would propose after every position of `ids` [L], its table holding ids[: i + 1] then:

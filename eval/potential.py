@@ -46,6 +46,11 @@ CLI = "potential"
 #: the default drafts are layer-skip drafts of these depths of the embedded 30-layer target (scaled for others)
 EMBEDDED_LAYERS = 30
 LAYER_SKIPS = (8, 16, 24, 28, 29)
+#: the quick default (a plain run, no --full): this many articles and these depths (a weak, a middle and the
+#: strongest layer-skip draft, so the ranking still spans the range), and the trained draft; every draft decodes
+#: every article, so the full study grows with articles x drafts
+QUICK_ARTICLES = 4
+QUICK_SKIPS = (8, 24, 29)
 #: the shipped trained draft's spec; ranked when this specvlm version knows it
 TRAINED = "trained"
 #: scores in the output (name -> where it comes from); Spearman rho of each with tokens per call
@@ -57,11 +62,16 @@ measure each draft's real tokens per target call on the same prompts, so the ran
 
 EPILOG = f"""\
 examples:
+  python -m eval.{CLI}                                      # quick: a few articles and drafts
+  python -m eval.{CLI} --full --out results/potential.json  # the full study: all articles x all drafts
   python -m eval.{CLI} --limit 4 --max-new-tokens 32 --out results/potential-smoke.json
   python -m eval.{CLI} --draft layerskip:24 --draft ngram --draft ./my-draft --limit 20 --out results/potential.json
 
-With no --draft the embedded target's default set is ranked: {", ".join(f"layerskip:{k}" for k in LAYER_SKIPS)}
-(scaled to the target's depth) and '{TRAINED}' when specvlm ships it. Each draft decodes the same prompts greedily
+A plain run is quick: the first {QUICK_ARTICLES} articles (unless --limit or --end is given) and, with no --draft,
+{", ".join(f"layerskip:{k}" for k in QUICK_SKIPS)} and '{TRAINED}'. --full runs the full study: every article
+of the range (all 40 bundled ones unless --limit/--end say otherwise) and, with no --draft, the whole default set:
+{", ".join(f"layerskip:{k}" for k in LAYER_SKIPS)} and '{TRAINED}'. Depths are scaled to
+the target's; '{TRAINED}' is ranked when specvlm ships it. Each draft decodes the same prompts greedily
 (tokens per call, lossless, so every draft yields the target's own greedy continuation); those continuations are
 the teacher-forced sequences of the potential. `kl` / `acceptance` / `agreement` are means over the continuation
 positions, the `_prompt` columns over the prompt positions (the seed study's score).
@@ -82,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser, several_drafts=True)
     add_io_args(parser)
     parser.set_defaults(max_new_tokens=64)
+    for action in parser._actions:  # the shared flags' help names their own defaults
+        if action.dest == "max_new_tokens":
+            action.help = "default: 64"
+        elif action.dest == "limit":
+            action.help = f"run at most N articles (default: {QUICK_ARTICLES}, or all of them with --full or --end)"
     group = parser.add_argument_group("potential")
     group.add_argument(
         "--score-temperature",
@@ -100,32 +115,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=positive_int, default=4, metavar="N", help="sequences per target forward (default: 4)"
     )
     group.add_argument("--tree", choices=TREE_CHOICES, help="tree for measuring tokens per call (default: default)")
+    group.add_argument(
+        "--full",
+        action="store_true",
+        help=f"the full study: every article (all 40 bundled ones; --limit/--end still apply) and all "
+        f"{len(LAYER_SKIPS) + 1} default drafts (default: the quick run, {QUICK_ARTICLES} articles x "
+        f"{len(QUICK_SKIPS) + 1} drafts; much slower, as every draft decodes every article)",
+    )
     group.add_argument("--no-measure", action="store_true", help="scores only: skip the decoding runs")
     group.add_argument("--plot", metavar="PNG", help="score vs tokens per call scatter (default: next to --out)")
     return parser
 
 
 # -- drafts --------------------------------------------------------------------------------------------------------
-def default_drafts(layers: int) -> list[str]:
-    """The default layer-skip depths (of 30 layers) scaled to `layers`, and the trained draft."""
-    ks = sorted({max(1, min(layers - 1, round(k * layers / EMBEDDED_LAYERS))) for k in LAYER_SKIPS})
+def default_drafts(layers: int, full: bool = True) -> list[str]:
+    """The default layer-skip depths (of 30 layers; the quick ones unless `full`) scaled to `layers`, and the trained
+    draft."""
+    skips = LAYER_SKIPS if full else QUICK_SKIPS
+    ks = sorted({max(1, min(layers - 1, round(k * layers / EMBEDDED_LAYERS))) for k in skips})
     return [*(f"layerskip:{k}" for k in ks), TRAINED]
+
+
+def apply_quick_default(args: argparse.Namespace) -> bool:
+    """Without --full, --limit or --end, run the first QUICK_ARTICLES articles (sets `args.limit`); True when the
+    run is cut in any way (those articles, or with no --draft the quick draft set)."""
+    if args.full:
+        return False
+    cut = not args.draft
+    if args.limit is None and args.end is None:
+        args.limit = QUICK_ARTICLES
+        cut = True
+    return cut
 
 
 def load_drafts(specs: list[str], dec: Decoder, explicit: bool) -> tuple[dict[str, Drafter], dict[str, str]]:
     """({name: drafter}, {name: why skipped}); a default draft that cannot be made (e.g. no trained draft) is skipped,
     an explicit one is an error."""
     import specvlm
-    from specvlm.api import for_target, make_drafter
-    from specvlm.drafting import Drafter
-    from specvlm.models import LoadOptions
+    from drafters.build import build
+    from specvlm.drafting import Drafter, for_target
+    from specvlm.options import LoadOptions
 
     opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
     drafts: dict[str, Drafter] = {}
     skipped: dict[str, str] = {}
     for spec in dict.fromkeys(specs):
         try:
-            drafter = for_target(make_drafter(spec, dec.target, opts), dec.target)
+            drafter = for_target(build(spec, dec.target, opts), dec.target.image_token_id)
         except specvlm.SpecVLMError as err:
             if explicit:
                 raise
@@ -167,11 +203,13 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 
 # -- the run -------------------------------------------------------------------------------------------------------
 def measure(
-    dec: Decoder, name: str, prompts: list[tuple[str, list[int]]], args: argparse.Namespace, jsonl: Path
+    dec: Decoder, name: str, prompts: list[tuple[str, list[int]]], args: argparse.Namespace, jsonl: Path, bar: tqdm
 ) -> Measured:
-    """Greedy decoding with the draft over the prompts: tokens per target call (and the outputs)."""
+    """Greedy decoding with the draft over the prompts: tokens per target call (and the outputs); `bar` counts the
+    prompts decoded."""
     run = Measured()
-    for sid, ids in tqdm(prompts, desc=f"decode {name}", unit="prompt", file=sys.stderr, dynamic_ncols=True):
+    bar.set_postfix_str(name)
+    for sid, ids in prompts:
         gen = dec.generate(prompt=ids, max_new_tokens=args.max_new_tokens, tree=args.tree)
         run.totals.add(gen)
         run.outputs.append(gen.tokens)
@@ -183,6 +221,7 @@ def measure(
             "seconds": round(gen.stats.seconds, 4),
         }
         write_jsonl(jsonl, [record], append=True)
+        bar.update()
     return run
 
 
@@ -214,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.score_temperature <= 0:
         raise specvlm.ConfigError("--score-temperature must be > 0 (at 0 the score is the greedy agreement column)")
     out, jsonl = result_paths(args, CLI)
+    quick = apply_quick_default(args)
     articles = load_articles(args)
     dec = load_decoder(argparse.Namespace(**{**vars(args), "draft": None}))  # the target (drafts come below)
     if dec.target.image_token_id is not None:
@@ -223,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     from drafters.layerskip import decoder_layers
 
-    specs = args.draft or default_drafts(decoder_layers(dec.target.model))
+    specs = args.draft or default_drafts(decoder_layers(dec.target.model), full=args.full)
     drafts, skipped = load_drafts(specs, dec, explicit=bool(args.draft))
     for name, why in skipped.items():
         print(f"note: skipped draft {name!r}: {why}", file=sys.stderr)
@@ -234,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, Measured] = {}
     if not args.no_measure:
-        for name, drafter in drafts.items():
-            runs[name] = measure(DecoderClass(dec.target, drafter, dec.default_tree), name, prompts, args, jsonl)
+        total = len(drafts) * len(prompts)
+        with tqdm(total=total, desc="decode", unit="prompt", file=sys.stderr, dynamic_ncols=True) as bar:
+            for name, drafter in drafts.items():
+                decoder = DecoderClass(dec.target, drafter, dec.default_tree)
+                runs[name] = measure(decoder, name, prompts, args, jsonl, bar)
     first = next(iter(runs.values()), None)
     continuations: Any = args.continuations
     if first is not None and args.continuations == "target":
@@ -279,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         if measured:
             _plot(measured, rho, Path(args.plot) if args.plot else out.with_suffix(".png"))
     print(f"records: {jsonl}" + (f"  summary: {out}" if out is not None else ""), file=sys.stderr)
+    if quick:
+        print(
+            f"quick run ({len(prompts)} articles x {len(drafts)} drafts); the full study (every article, all "
+            f"{len(LAYER_SKIPS) + 1} default drafts): python -m eval.{CLI} --full",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -1,5 +1,6 @@
-"""`python -m eval.synthetic`: target verification cost by tree size, and the engine's own overhead per step, on a
-llava-shaped model with random weights built from a config: no download, no tokenizer, no image file.
+"""`python -m eval.synthetic`: verification cost by tree size and engine overhead per step, on a random llava.
+
+The target is a llava-shaped model with random weights built from a config: no download, no tokenizer, no image file.
 
 python -m eval.synthetic --shape 7b-llava --out results/synthetic-7b.json      # a GPU: Llama-2-7B + CLIP ViT-L/14-336
 python -m eval.synthetic --shape tiny-llava --out /tmp/synthetic.json          # CPU, seconds: the same code path
@@ -334,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     trees = [t.strip() for t in args.trees.split(",") if t.strip()]
     import torch
 
-    from specvlm.models import TargetModel, resolve_device, resolve_dtype
+    from specvlm.models import TargetModel
+    from specvlm.options import resolve_device, resolve_dtype
     from specvlm.trees import make_tree
 
     for name in trees:

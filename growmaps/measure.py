@@ -42,6 +42,7 @@ from eval.common import (
     select_range,
 )
 from growmaps.plan import size_list
+from specvlm.drafting import DraftContext
 
 if TYPE_CHECKING:
     from specvlm import Decoder
@@ -102,7 +103,7 @@ def draft_ranks(dec: Decoder, ids: list[int], tokens: list[int], ranks: int) -> 
     """Where each target token sits in the draft's ranking at its position, and the ms of each draft call."""
     from specvlm.sampling import Sampling, warp
 
-    session = dec.drafter.session(list(ids), dec.target.vocab_size)
+    session = dec.drafter.session(DraftContext(tuple(ids), dec.target.vocab_size))
     greedy = Sampling()
     found: list[int | None] = []
     times: list[float] = []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -13,19 +11,21 @@ from transformers import PreTrainedModel
 
 from . import mini_vlm
 from .builders import TreeBuilder
-from .drafting import Drafter
+from .draft_spec import parse_spec
+from .drafting import Drafter, for_target
 from .engine import Request, decode
 from .errors import ConfigError, ImageError, PromptError
-from .models import LoadOptions, ModelSpec, TargetModel, load_embedded, load_model, resolve_device, resolve_dtype
+from .loading import ModelSpec, load_model
+from .models import TargetModel
+from .options import LoadOptions, resolve_device, resolve_dtype
+from .prompts import PromptLike, prompt_ids
 from .sampling import Sampling
 from .stats import GenerationStats
 from .stopping import StopStrings
 from .targets.scheme import PER_TOKEN_INPUTS
 from .targets.selfcheck import self_check
 from .trees import make_tree
-from .vlm import ImagePrompt, handles_images, image_token_runs, prepare, split_inputs
-
-PromptLike = str | Sequence[int] | torch.Tensor
+from .vlm import ImagePrompt, image_token_runs, prepare, split_inputs
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Decoder:
 
     def __init__(self, target: TargetModel, drafter: Drafter, tree: TreeBuilder | str | None = None):
         self.target = target
-        self.drafter = for_target(drafter, target)
+        self.drafter = for_target(drafter, target.image_token_id)
         self.default_tree = make_tree(tree, drafter.default_tree)  # a trained draft brings its own best tree
 
     @property
@@ -57,44 +57,7 @@ class Decoder:
     # -- prompts ---------------------------------------------------------------------------------------------
     def prompt_ids(self, prompt: PromptLike, *, chat: bool = True) -> list[int]:
         """Token ids for the target: a str goes through the chat template, ids are used as given."""
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise PromptError("the prompt is empty: give some text, or a list of token ids")
-            tok = self.tokenizer
-            if tok is None:
-                raise PromptError("this target was given without a tokenizer: pass the prompt as a list of token ids")
-            if chat and getattr(tok, "chat_template", None):
-                ids = tok.apply_chat_template(
-                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-                )
-                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                    ids = ids["input_ids"]
-            else:
-                ids = tok(prompt)["input_ids"]
-            ids = [int(i) for i in ids]
-        else:
-            if isinstance(prompt, torch.Tensor):
-                if prompt.dim() > 2 or (prompt.dim() == 2 and prompt.shape[0] != 1):
-                    raise PromptError(f"prompt tensor must be [L] or [1, L], got shape {tuple(prompt.shape)}")
-                prompt = prompt.reshape(-1).tolist()
-            try:
-                ids = [int(i) for i in prompt]
-            except (TypeError, ValueError) as err:
-                raise PromptError("the prompt must be a string or a sequence of integer token ids") from err
-        if not ids:
-            raise PromptError("the prompt has no tokens: give some text, or at least one token id")
-        bad = [i for i in ids if not 0 <= i < self.target.vocab_size]
-        if bad:
-            raise PromptError(
-                f"token id {bad[0]} is outside the target's vocabulary [0, {self.target.vocab_size}): "
-                "check that the ids come from this model's tokenizer"
-            )
-        if len(ids) >= self.target.max_positions:
-            raise PromptError(
-                f"the prompt has {len(ids)} tokens but the target's context window is {self.target.max_positions}: "
-                "shorten the prompt so at least one new token fits"
-            )
-        return ids
+        return prompt_ids(self.target, prompt, chat=chat)
 
     def request(
         self,
@@ -129,7 +92,7 @@ class Decoder:
         ids = self.prompt_ids(ids)  # vocabulary and context-window checks on the expanded ids
         model_inputs = {**self.target.scheme.token_type_input(ids, images.token_id), **images.model_inputs()}
         model_inputs = {k: (v.to(self.target.device) if torch.is_tensor(v) else v) for k, v in model_inputs.items()}
-        return Request(tuple(ids), max_new_tokens, sampling, model_inputs, {"images": images})
+        return Request(tuple(ids), max_new_tokens, sampling, model_inputs, images)
 
     def _request_from_inputs(self, inputs: Mapping[str, Any], max_new_tokens: int, sampling: Sampling) -> Request:
         """A request from one sample as HF users hold it: `processor(images=..., text=..., return_tensors="pt")`."""
@@ -154,7 +117,7 @@ class Decoder:
             extra=pixel,
             token_inputs={k: v for k, v in model_inputs.items() if k in PER_TOKEN_INPUTS},
         )
-        return Request(tuple(ids), max_new_tokens, sampling, model_inputs, {"images": images})
+        return Request(tuple(ids), max_new_tokens, sampling, model_inputs, images)
 
     # -- generation -----------------------------------------------------------------------------------------
     def stop_strings(self, stop: str | Sequence[str] | None) -> StopStrings | None:
@@ -270,101 +233,13 @@ class Decoder:
 def make_drafter(
     draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
 ) -> Drafter:
-    """A drafter from a spec: None -> the default (for the embedded target the fastest of n-grams, trained+ngram
-    and the autoregressive loop measured on this machine, drafters/measured_default.py; else n-grams),
-    "ngram[:N]", "layerskip:K[:FOLDER]" (the target's first K layers, its weights shared; FOLDER: a trained exit),
-    "A+B[@N]" (a mixture, N = its copy gate), "embedded" (SmolLM2-135M as a draft), a model id / path / GGUF / model
-    (a llava draft comes with its processor)."""
-    from drafters.feature_draft import is_feature_draft, load_feature_draft
-    from drafters.model import ModelDrafter  # drafters depend on specvlm: import them lazily
-    from drafters.ngram import NGramDrafter
+    """A drafter from a draft spec (`specvlm.draft_spec`: None, "ngram[:N]", "trained", "layerskip:K[:FOLDER]",
+    "A+B[@N]", "SPEC+followers", "embedded", a model id / path / GGUF) or a loaded model, for `target`.
 
-    if isinstance(draft, Drafter):
-        return draft
-    if isinstance(draft, str) and draft.endswith("+followers"):
-        from drafters.followers import FollowerDrafter
+    The one way from specvlm into the draft sources: `drafters` depends on specvlm, so it is imported here, lazily."""
+    from drafters.build import build
 
-        return FollowerDrafter(make_drafter(draft.removesuffix("+followers") or None, target, opts, draft_tokenizer))
-    if isinstance(draft, str) and "+" in draft and not os.path.exists(draft):  # e.g. "trained+ngram": one mixture
-        from drafters.mixture import MixtureDrafter
-
-        parts, _, gate = draft.partition("@")  # "trained+ngram@0": the copy gate off (default 2)
-        if gate and not gate.isdigit():
-            raise ConfigError(f"bad mixture {draft!r}: '@N' sets the copy gate, an n-gram length (0 = off)")
-        drafters = [make_drafter(part, target, opts, draft_tokenizer) for part in parts.split("+")]
-        return MixtureDrafter(drafters, copy_gate=int(gate)) if gate else MixtureDrafter(drafters)
-    if draft is None and mini_vlm.is_embedded_target(target.model):  # the embedded VLM pair's own llava draft
-        return make_drafter(mini_vlm.DRAFT_ALIAS, target, opts, draft_tokenizer)
-    if draft is None:  # the embedded target: the fastest of n-grams / trained+ngram / ar, measured on this machine
-        from drafters.shipped import fits
-
-        if not fits(target.model):
-            return NGramDrafter(max_n=3)
-        from drafters.measured_default import measured_default
-
-        choice = measured_default(target, opts)
-        chosen = make_drafter(choice.draft, target, opts)
-        chosen.default_tree = make_tree(choice.tree)  # the tree it was measured with
-        return chosen
-    if isinstance(draft, str) and draft == "trained":
-        from drafters.shipped import load_shipped
-
-        return load_shipped(target.model)
-    if isinstance(draft, str) and re.fullmatch(r"(ngram|prompt-lookup)(:.*)?", draft):
-        _, _, n = draft.partition(":")
-        if n and not (n.isdigit() and 1 <= int(n) <= 16):
-            raise ConfigError(f"bad n-gram draft {draft!r}: use 'ngram' or 'ngram:N' with 1 <= N <= 16")
-        return NGramDrafter(max_n=int(n) if n else 3)
-    if isinstance(draft, str) and re.fullmatch(r"(layerskip|layer-skip)(:.*)?", draft):
-        return layer_skip_drafter(draft, target)
-    if isinstance(draft, str) and draft == "embedded":
-        model, tok = load_embedded(opts)
-        drafter = ModelDrafter(model, name="embedded")
-    elif isinstance(draft, (str, os.PathLike)) and is_feature_draft(draft):
-        return load_feature_draft(draft, target.model)
-    else:
-        loaded = load_model(draft, opts)
-        model, tok = loaded.model, loaded.tokenizer
-        name = str(draft) if isinstance(draft, (str, os.PathLike)) else type(model).__name__
-        drafter = ModelDrafter(model, name=name, processor=loaded.processor)
-    drafter.check_vocab(target.vocab_size, target.tokenizer, draft_tokenizer if draft_tokenizer is not None else tok)
-    return drafter
-
-
-def layer_skip_drafter(spec: str, target: TargetModel) -> Drafter:
-    """`"layerskip:K"`: a self-draft of the target's first K decoder layers (K in 1 .. layers - 1);
-    `"layerskip:K:FOLDER"` with the trained exit for K from FOLDER (`"layerskip:K:trained"`: the shipped exits)."""
-    from drafters.exits import SHIPPED_EXITS, load_exit
-    from drafters.layerskip import LayerSkipDrafter, decoder_layers
-
-    total = decoder_layers(target.model)
-    _, _, rest = spec.partition(":")
-    k, _, folder = rest.partition(":")
-    if not k.isdigit() or not 1 <= int(k) < total:
-        raise ConfigError(
-            f"bad layer-skip draft {spec!r}: write 'layerskip:K' with K the number of the target's {total} decoder "
-            f"layers to keep, 1 <= K <= {total - 1} (e.g. 'layerskip:{max(1, total * 3 // 4)}')"
-        )
-    if not folder:
-        return LayerSkipDrafter(target.model, int(k))
-    if folder == "trained":
-        from drafters.shipped import TARGET_NAME, fits
-
-        if not fits(target.model):
-            raise ConfigError(f"'layerskip:{k}:trained' uses the exits shipped for {TARGET_NAME}; give a FOLDER")
-    path = SHIPPED_EXITS if folder == "trained" else folder
-    hidden = int(target.model.config.get_text_config().hidden_size)
-    exit = load_exit(path, int(k), hidden, target.dtype, target.device)
-    return LayerSkipDrafter(target.model, int(k), exit, exit_name=folder)
-
-
-def for_target(drafter: Drafter, target: TargetModel) -> Drafter:
-    """The drafter as the target needs it: a VLM target's drafter that cannot see images drafts from the text."""
-    if target.image_token_id is None or handles_images(drafter):
-        return drafter
-    from drafters.text_only import TextOnlyDrafter
-
-    return TextOnlyDrafter(drafter, target.image_token_id)
+    return build(draft, target, opts, draft_tokenizer)
 
 
 def load(
@@ -407,6 +282,8 @@ def load(
     )
     if check:
         self_check(tm)
+    if isinstance(draft, str):
+        parse_spec(draft)  # a malformed spec fails here, before any draft weights load
     return Decoder(tm, make_drafter(draft, tm, opts), tree)
 
 

@@ -1,6 +1,8 @@
-"""Keep only the accepted path in a transformers KV cache: gather in place, never recompute. The target's cache
-grows in place (`GrowingCache`): appending a step's tokens writes into spare room instead of copying the whole cache.
-Sliding-window layers (`SlidingLayer`) hold at most the last `window - 1` committed positions plus one step's tree."""
+"""Keep only the accepted path in a transformers KV cache: gather in place, never recompute.
+
+The target's cache grows in place (`GrowingCache`): appending a step's tokens writes into spare room instead of
+copying the whole cache. Sliding-window layers (`SlidingLayer`) hold at most the last `window - 1` committed
+positions plus one step's tree."""
 
 from __future__ import annotations
 
@@ -38,13 +40,20 @@ def keep_positions(cache: Cache, start: int, keep: list[int]) -> None:
             _gather(layer, start, keep)
 
 
-def _gather(layer: Any, start: int, keep: list[int]) -> None:
-    """keys/values [B, H, S, D] -> [B, H, start + len(keep), D]: entries [0, start) then `keep` (local indices)."""
+def gather_kept(keys: torch.Tensor, values: torch.Tensor, start: int, keep: list[int]) -> int:
+    """In place along dim 2 (positions) of [.., .., S, D] keys and values: entries [start, start + len(keep)) become
+    the entries `keep` (ascending, >= start); returns the new length start + len(keep)."""
     new_len = start + len(keep)
     if keep != list(range(start, new_len)):
-        idx = torch.tensor(keep, dtype=torch.long, device=layer.keys.device)  # [K]
-        layer.keys[:, :, start:new_len] = layer.keys.index_select(2, idx)
-        layer.values[:, :, start:new_len] = layer.values.index_select(2, idx)
+        idx = torch.tensor(keep, dtype=torch.long, device=keys.device)  # [K]
+        keys[:, :, start:new_len] = keys.index_select(2, idx)
+        values[:, :, start:new_len] = values.index_select(2, idx)
+    return new_len
+
+
+def _gather(layer: Any, start: int, keep: list[int]) -> None:
+    """keys/values [B, H, S, D] -> [B, H, start + len(keep), D]: entries [0, start) then `keep` (local indices)."""
+    new_len = gather_kept(layer.keys, layer.values, start, keep)
     layer.keys = layer.keys[:, :, :new_len]
     layer.values = layer.values[:, :, :new_len]
 

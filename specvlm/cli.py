@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .draft_spec import SPEC_HELP, spec_arg
+from .tree_kinds import TREE_NAMES
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -20,8 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         help="target: hub id, folder or .gguf file (default: embedded SmolLM2-135M; with --image, 'embedded-vlm')",
     )
-    parser.add_argument("--draft", help="draft: 'ngram', 'ngram:N', a hub id, folder or .gguf file")
-    parser.add_argument("--tree", default=None, help="ar, chain, static, dynamic or opt (default: the decoder's)")
+    parser.add_argument("--draft", type=spec_arg, help=f"draft: {SPEC_HELP}")
+    parser.add_argument(
+        "--tree", default=None, help=f"{', '.join(TREE_NAMES[:-1])} or {TREE_NAMES[-1]} (default: the decoder's)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", "--T", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", "--P", type=float, default=1.0)

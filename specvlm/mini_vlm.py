@@ -29,8 +29,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .embedded import cache_root
 from .errors import ModelLoadError
+from .options import cache_root
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "drafters" / "weights"
 TARGET_WEIGHTS = WEIGHTS / "mini-llava"
@@ -145,7 +145,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if not path.is_file() or not (folder / TRAINED_FILE).is_file():
         raise ModelLoadError(
             f"the mini VLM weights are missing from {folder}: reinstall specvlm from a full clone, or train them "
-            "(python -m drafters.train_mini_vlm --help)"
+            "(python -m training.mini_vlm --help)"
         )
     return json.loads(path.read_text())
 
@@ -187,7 +187,8 @@ def fingerprint(folder: Path) -> str:
 
 def materialise(folder: Path = TARGET_WEIGHTS) -> Path:
     """A complete HF llava folder (model + processor) for the trained weights in `folder`, built once in the cache."""
-    from .models import LoadOptions, load_embedded
+    from .embedded import load_embedded  # the embedded LM is the VLM's language model
+    from .options import LoadOptions
 
     out = cache_root() / f"{folder.name}-{fingerprint(folder)}"
     if (out / "config.json").is_file() and (out / "processor_config.json").is_file():

@@ -1,165 +1,25 @@
-"""Loading targets and drafts (hub id, folder, GGUF file, in-memory model) and the target's tree forward."""
+"""The target model as the engine uses it: prefill, the tree forward, its costs, vocabulary and EOS."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
     DynamicCache,
     PreTrainedModel,
 )
 
-from . import embedded, mini_vlm
 from .cache import GrowingCache, settle
 from .costs import CostTable, cached_costs, cost_key
-from .errors import ConfigError, ModelLoadError
 from .packed import maybe_pack, packed_if
 from .targets import ModelScheme, layer_masks, scheme_for
-from .targets.scheme import PER_TOKEN_INPUTS, refuse_config, rope_delta
+from .targets.scheme import PER_TOKEN_INPUTS, rope_delta
 from .tree import TokenTree, ancestor_matrix
 from .vlm import image_token_id
-
-ModelSpec = str | os.PathLike | PreTrainedModel | None
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None -> float32 on CPU, bfloat16 on an accelerator; strings like "float16" or "bf16" are accepted."""
-    if dtype is None or dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
-    name = aliases.get(str(dtype), str(dtype))
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ConfigError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
-    return value
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from err
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How to load a model: dtype, device (or an accelerate device_map), and explicit opt-ins."""
-
-    dtype: torch.dtype = torch.float32
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    device_map: str | dict | None = None
-    trust_remote_code: bool = False
-
-    def kwargs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"dtype": self.dtype}
-        if self.device_map is not None:
-            out["device_map"] = self.device_map
-        out["trust_remote_code"] = self.trust_remote_code  # explicit: never an interactive "run this code?" prompt
-        return out
-
-
-def _place(model: PreTrainedModel, opts: LoadOptions) -> PreTrainedModel:
-    if opts.device_map is None:
-        model = model.to(opts.device)
-    return model.eval()
-
-
-def load_embedded(opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
-    """The embedded SmolLM2-135M-Instruct (GGUF, dequantised once, then read from the local float32 copy)."""
-    gguf = embedded.embedded_gguf()
-    copy = embedded.converted_folder()
-    if (copy / "config.json").exists() and (copy / "tokenizer_config.json").exists():
-        tok = AutoTokenizer.from_pretrained(copy)
-        model = AutoModelForCausalLM.from_pretrained(copy, **opts.kwargs())
-        return _place(model, opts), tok
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    from .gguf_cache import write_plain_copy
-
-    write_plain_copy(model, tok, copy)  # False on a read-only home: then work from the GGUF every time
-    if (copy / "config.json").exists() and (copy / "tokenizer_config.json").exists():
-        return load_embedded(opts)  # the object every later load returns (its name_or_path is the copy's)
-    if opts.dtype != torch.float32 or opts.device_map is not None:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **opts.kwargs())
-    return _place(model, opts), tok
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A loaded model with its tokenizer and, for a vision-language model, its processor (either may be None)."""
-
-    model: PreTrainedModel
-    tokenizer: Any | None = None
-    processor: Any | None = None
-
-
-def load_causal_lm(spec: ModelSpec, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
-    """(model, tokenizer or None) from a hub id, a folder, a .gguf file, an in-memory model, or None (embedded)."""
-    loaded = load_model(spec, opts)
-    return loaded.model, loaded.tokenizer
-
-
-def load_model(spec: ModelSpec, opts: LoadOptions) -> LoadedModel:
-    """A text causal LM, or a VLM (llava family: a config with a vision_config and an image token) with its processor,
-    from a hub id, a folder, a .gguf file, an in-memory model, or None (embedded)."""
-    if spec is None:
-        return LoadedModel(*load_embedded(opts))
-    if isinstance(spec, str) and spec in mini_vlm.ALIASES:  # the embedded mini VLM pair, built once in the cache
-        spec = mini_vlm.materialise(mini_vlm.ALIASES[spec])
-    if isinstance(spec, PreTrainedModel):
-        return LoadedModel(spec.eval())
-    if not isinstance(spec, (str, os.PathLike)):
-        raise ModelLoadError(f"cannot load a model from {type(spec).__name__}: pass a hub id, a path or a model")
-    path = Path(spec)
-    extra = {"trust_remote_code": opts.trust_remote_code}
-    try:
-        if path.suffix == ".gguf":  # dequantised once into $SPECVLM_CACHE/gguf, then loaded from that copy
-            from .gguf_cache import load_gguf
-
-            return LoadedModel(*load_gguf(path, opts))
-        looks_local = path.exists() or str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1
-        if looks_local and not path.exists():
-            raise ModelLoadError(f"model path not found: {spec} (give an existing folder, a .gguf file or a hub id)")
-        config = AutoConfig.from_pretrained(str(spec), **extra)
-        refuse_config(config)  # a family no adapter serves: one ConfigError before any weights load
-        if image_token_id(config) is not None:  # llava and kin: the image-text-to-text class and a processor
-            model = AutoModelForImageTextToText.from_pretrained(str(spec), **opts.kwargs())
-            try:
-                processor = AutoProcessor.from_pretrained(str(spec), **extra)
-            except (OSError, ValueError, TypeError):
-                processor = None
-            tok = getattr(processor, "tokenizer", None)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(spec), **opts.kwargs())
-            processor, tok = None, None
-        if tok is None:
-            try:
-                tok = AutoTokenizer.from_pretrained(str(spec), **extra)
-            except (OSError, ValueError):
-                tok = None
-        return LoadedModel(_place(model, opts), tok, processor)
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"cannot load model {str(spec)!r}: {str(err).splitlines()[0]} "
-            "(check the path or hub id; without network only local folders and .gguf files work)"
-        ) from err
 
 
 def model_device(model: PreTrainedModel) -> torch.device:

@@ -49,17 +49,6 @@ def image_token_id(config: Any) -> int | None:
     return None
 
 
-def handles_images(drafter: Any) -> bool:
-    """Whether a drafter (or the drafter it wraps, e.g. FollowerDrafter.base) feeds images to a VLM draft."""
-    seen = 0
-    while drafter is not None and seen < 8:
-        flag = getattr(drafter, "handles_images", None)
-        if flag is not None:
-            return bool(flag)
-        drafter, seen = getattr(drafter, "base", None), seen + 1
-    return False
-
-
 # -- reading images ------------------------------------------------------------------------------------------------
 def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     """8-bit RGB by the module's rule: convert 8-bit modes, composite transparency onto white, refuse >8 bits."""

@@ -14,6 +14,7 @@ from drafters import ModelDrafter
 from specvlm.builders import ChainTree, DynamicTree, OptTree, TreeBuilder
 from specvlm.builders.growing import StepLimits
 from specvlm.costs import AcceptanceFit, CostTable, SpeedModel, cached_costs, cost_key
+from specvlm.drafting import DraftContext
 from specvlm.models import TargetModel
 from specvlm.sampling import Sampling
 
@@ -80,7 +81,9 @@ def test_cached_costs_measures_once_then_reads(tmp_path: Path) -> None:
 def grown(builder: TreeBuilder, speed: SpeedModel | None) -> int:
     """Nodes in one tree `builder` grows after a prompt, from a draft close to the tiny target."""
     target = tiny_llama(seed=0)
-    session = ModelDrafter(perturbed_copy(target, scale=0.05, seed=1)).session(list(range(10, 30)), 96)
+    session = ModelDrafter(perturbed_copy(target, scale=0.05, seed=1)).session(
+        DraftContext(tuple(list(range(10, 30))), 96)
+    )
     limits = StepLimits(max_depth=8, max_nodes=64, speed=speed)
     return builder.build(session, 29, limits, Sampling(), torch.Generator().manual_seed(0)).size
 
@@ -102,7 +105,9 @@ def test_builders_follow_the_speed_model(builder: TreeBuilder) -> None:
 def test_tree_predicted_is_the_kept_path_mass() -> None:
     tree_size = grown(ChainTree(depth=3, hardware_aware=False), None)
     target = tiny_llama(seed=0)
-    session = ModelDrafter(perturbed_copy(target, scale=0.05, seed=1)).session(list(range(10, 30)), 96)
+    session = ModelDrafter(perturbed_copy(target, scale=0.05, seed=1)).session(
+        DraftContext(tuple(list(range(10, 30))), 96)
+    )
     tree = ChainTree(depth=3).build(session, 29, StepLimits(8, 64), Sampling(), torch.Generator().manual_seed(0))
     assert tree.size == tree_size == 4
     assert 0.0 < tree.predicted <= 3.0 and math.isfinite(tree.predicted)

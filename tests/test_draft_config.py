@@ -10,6 +10,7 @@ from conftest import VOCAB, fixed_size, hf_greedy, random_prompts, tiny_llama
 import specvlm
 from drafters import ModelDrafter
 from specvlm.builders import ChainTree, DynamicTree
+from specvlm.drafting import DraftContext
 from specvlm.errors import ConfigError
 from specvlm.trees import tree_from_spec
 
@@ -20,8 +21,8 @@ def test_reduced_head_equals_the_full_head_on_its_ids() -> None:
     model = tiny_llama(seed=3)
     ids = list(range(0, VOCAB, 3))
     full, reduced = (
-        ModelDrafter(model).session(PROMPTS[0], VOCAB),
-        ModelDrafter(model, head_ids=ids).session(PROMPTS[0], VOCAB),
+        ModelDrafter(model).session(DraftContext(tuple(PROMPTS[0]), VOCAB)),
+        ModelDrafter(model, head_ids=ids).session(DraftContext(tuple(PROMPTS[0]), VOCAB)),
     )
     nodes, tokens, parents = [0, 1, 2], [PROMPTS[0][-1], 5, 7], [-1, 0, 0]
     a, b = full.logits(nodes, tokens, parents), reduced.logits(nodes, tokens, parents)  # [3, V] each

@@ -11,12 +11,13 @@ import torch
 from conftest import hf_greedy, random_prompts, tiny_llama
 
 import specvlm
+from drafters.build import build
 from drafters.exits import ExitAdapter, ExitNorm, load_exit, save_exits
 from drafters.layerskip import LayerSkipDrafter, layer_skip_model
-from drafters.train import TrainConfig, split
-from drafters.train_exits import exit_agreement, parse_exits, train_exits
-from specvlm.api import make_drafter
-from specvlm.models import LoadOptions
+from specvlm.options import LoadOptions
+from training import exits as exit_training
+from training.common import TrainConfig, split
+from training.exits import exit_agreement, parse_exits
 
 LAYERS = 4
 VOCAB = 96
@@ -58,7 +59,7 @@ def test_training_raises_agreement_and_the_exits_load_as_lossless_drafts(
     out = tmp_path / "exits"
     cfg = TrainConfig(data=[str(data)], out=str(out), head_size=VOCAB, lr=1e-2, batch_tokens=512, epochs=30,
                       val_share=0.2, eval_every=10_000, exits="1,3")  # fmt: skip
-    report = train_exits(target, cfg, io.StringIO(), stops=[0])
+    report = exit_training.train(target, cfg, io.StringIO(), stops=[0])
     assert report["before"]["step"] == 0 and report["steps"] > 0
     assert set(report["final"]) >= {"agree_1", "agree_3"}
     # it learnt its training text (held-out text of a random tiny model is too unlike it to judge by)
@@ -97,7 +98,7 @@ def test_shipped_exits_load_on_the_embedded_target_and_stay_lossless(embedded: s
     model = embedded.target.model
     ids = embedded.prompt_ids("Name three primary colors.")
     for k in (16, 24, 28):
-        drafter = make_drafter(f"layerskip:{k}:trained", embedded.target, LoadOptions())
+        drafter = build(f"layerskip:{k}:trained", embedded.target, LoadOptions())
         norm = drafter.model.model.norm
         assert isinstance(norm, ExitNorm) and norm.norm is model.model.norm
         assert float(norm.adapter.proj.weight.abs().sum()) > 0  # trained, not the identity

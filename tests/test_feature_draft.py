@@ -17,24 +17,16 @@ from drafters.feature_draft import FeatureDrafter, FeatureDraftModel, draft_conf
 from drafters.mixture import MixtureDrafter, mix_logits
 from drafters.model import ModelDrafter
 from drafters.ngram import NGramDrafter
-from drafters.selfdistill import (
+from specvlm.drafting import DraftContext
+from training.common import TrainConfig, autocast, split
+from training.feature_draft import cached_features, evaluate, level_mask, load_examples, train, unrolled
+from training.selfdistill import (
     OPENERS,
     SUMMARY_TEMPLATES,
     chat_ids,
     long_summary_prompts,
     opened_user_prompts,
     stop_ids,
-)
-from drafters.train import (
-    TrainConfig,
-    autocast,
-    cached_features,
-    evaluate,
-    level_mask,
-    load_examples,
-    split,
-    train,
-    unrolled,
 )
 
 VOCAB = 96
@@ -71,7 +63,7 @@ def test_training_unroll_matches_inference_chain() -> None:
     with torch.no_grad():
         outs = unrolled(draft, embed, head, ids[None], feats[None], levels=3)
     for root in (2, 6, 10):
-        session = drafter.session(ids[: root + 1].tolist(), VOCAB, target_hidden=feats[:root])
+        session = drafter.session(DraftContext(tuple(ids[: root + 1].tolist()), VOCAB, target_hidden=feats[:root]))
         tokens, parents = [int(ids[root]), int(ids[root + 1]), int(ids[root + 2])], [-1, 0, 1]
         for node in (0, 1, 2):  # a builder grows one level per call
             session.logits([node], tokens[: node + 1], parents[: node + 1])
@@ -86,7 +78,7 @@ def test_teacher_forced_logits_match_session_root() -> None:
     feats = last_hidden(target, ids)
     full = drafter.sequence_logits(ids, feats)  # [L, V]
     assert torch.isinf(full[:, 1::2]).all()  # tokens outside the reduced head are never proposed
-    session = drafter.session(ids[:7].tolist(), VOCAB, target_hidden=feats[:6])
+    session = drafter.session(DraftContext(tuple(ids[:7].tolist()), VOCAB, target_hidden=feats[:6]))
     torch.testing.assert_close(session.logits([0], [int(ids[6])], [-1])[0], full[6], atol=1e-5, rtol=1e-4)
 
 
@@ -100,7 +92,7 @@ def test_feature_draft_is_lossless(tree: str) -> None:
 
 
 def self_distilled(target: LlamaForCausalLM, count: int, seed: int, new: int = 40) -> list[dict]:
-    """Records like drafters.selfdistill writes: prompt + the target's greedy continuation."""
+    """Records like training.selfdistill writes: prompt + the target's greedy continuation."""
     out = []
     for ids in random_prompts(count, seed=seed, vocab=VOCAB, low=4, high=10):
         out.append(
@@ -201,10 +193,10 @@ def test_nodes_below_skipped_ancestors_get_the_same_draft_logits() -> None:
     ids = torch.tensor(random_prompts(1, seed=5, vocab=VOCAB, low=12, high=13)[0])
     feats = last_hidden(target, ids)
     tokens, parents = [int(ids[8]), 5, 6, 7, 8, 9], [-1, 0, 1, 2, 1, 4]  # two branches below node 1
-    stepwise = drafter.session(ids[:9].tolist(), VOCAB, target_hidden=feats[:8])
+    stepwise = drafter.session(DraftContext(tuple(ids[:9].tolist()), VOCAB, target_hidden=feats[:8]))
     for level in ([0], [1], [2, 4], [3, 5]):
         expected = stepwise.logits(level, tokens, parents)
-    skipping = drafter.session(ids[:9].tolist(), VOCAB, target_hidden=feats[:8])
+    skipping = drafter.session(DraftContext(tuple(ids[:9].tolist()), VOCAB, target_hidden=feats[:8]))
     torch.testing.assert_close(skipping.logits([3, 5], tokens, parents), expected, atol=1e-5, rtol=1e-4)
     assert sorted(skipping.slot) == [0, 1, 2, 3, 4, 5]
 
@@ -215,7 +207,9 @@ def test_a_step_without_feature_drafting_is_caught_up_at_the_next() -> None:
     ids = torch.tensor(random_prompts(1, seed=8, vocab=VOCAB, low=14, high=15)[0])
     feats = last_hidden(target, ids)
     teacher = drafter.sequence_logits(ids, feats)  # [L, V]
-    asked, skipped = (drafter.session(ids[:8].tolist(), VOCAB, target_hidden=feats[:7]) for _ in range(2))
+    asked, skipped = (
+        drafter.session(DraftContext(tuple(ids[:8].tolist()), VOCAB, target_hidden=feats[:7])) for _ in range(2)
+    )
     tokens, parents = ids[7:10].tolist(), [-1, 0, 1]  # a chain of the true tokens, all accepted + a bonus token
     asked.logits([0, 1, 2], tokens, parents)
     for session in (asked, skipped):
@@ -232,14 +226,14 @@ def test_copy_gate_leaves_the_model_draft_out_while_a_copy_runs() -> None:
     ids = text + text  # the last tokens repeat the first ones: a copy is running at the root
     feats = last_hidden(target, torch.tensor(ids))
     mixture = MixtureDrafter([feature, NGramDrafter(max_n=3)], copy_gate=2)
-    session = mixture.session(ids, VOCAB, target_hidden=feats[:-1])
+    session = mixture.session(DraftContext(tuple(ids), VOCAB, target_hidden=feats[:-1]))
     ngram_session, feature_session = session.sessions[1], session.sessions[0]
     tokens, parents = [ids[-1], VOCAB - 1], [-1, 0]  # node 1 leaves the copy (its token never occurred)
     at_root = session.logits([0], tokens, parents)
     torch.testing.assert_close(at_root.exp(), torch.softmax(ngram_session.logits([0], tokens, parents), -1))
     assert feature_session.pending  # the model draft was not run
     off_copy = session.logits([1], tokens, parents)
-    fresh = feature.session(ids, VOCAB, target_hidden=feats[:-1])
+    fresh = feature.session(DraftContext(tuple(ids), VOCAB, target_hidden=feats[:-1]))
     torch.testing.assert_close(off_copy, torch.log_softmax(fresh.logits([0, 1], tokens, parents)[1:], -1))
 
 
@@ -247,7 +241,7 @@ def test_copy_gate_never_skips_a_model_draft_that_cannot_catch_up() -> None:
     """A ModelDrafter's session cannot feed skipped ancestors: mixed with n-grams, it is asked at every node."""
     target = tiny_llama(seed=0, vocab=VOCAB)
     mixture = MixtureDrafter([ModelDrafter(tiny_llama(seed=5, vocab=VOCAB)), NGramDrafter(max_n=3)])
-    assert mixture.copy_gate == 2 and mixture.session([1, 2, 3, 1, 2, 3], VOCAB).copier is None
+    assert mixture.copy_gate == 2 and mixture.session(DraftContext(tuple([1, 2, 3, 1, 2, 3]), VOCAB)).copier is None
     decoder = specvlm.load(target, draft=mixture)
     for ids in random_prompts(3, seed=9, vocab=VOCAB):
         ids = ids + ids  # the n-grams match: a gate would skip the model here

@@ -16,6 +16,7 @@ import specvlm
 from drafters.feature_draft import FeatureDrafter, FeatureDraftModel, draft_config
 from drafters.feature_fast import LeanFeatureForward, LeanKV, rope_frequencies
 from specvlm.cache import keep_positions
+from specvlm.drafting import DraftContext
 from specvlm.tree import append_causal_mask, append_nodes_mask
 
 VOCAB = 96
@@ -60,7 +61,9 @@ def test_dynamic_rope_is_refused_and_the_drafter_falls_back_to_the_module() -> N
         rope_frequencies(target.config)
     drafter = FeatureDrafter(spread_draft(target, seed=4), target)
     assert drafter.lean is None
-    assert isinstance(drafter.session([1, 2, 3], VOCAB, target_hidden=torch.zeros(2, 64)).cache, DynamicCache)
+    assert isinstance(
+        drafter.session(DraftContext(tuple([1, 2, 3]), VOCAB, target_hidden=torch.zeros(2, 64))).cache, DynamicCache
+    )
 
 
 def module_forward(model: FeatureDraftModel, cache: DynamicCache, feats: torch.Tensor, embeds: torch.Tensor,
@@ -140,7 +143,9 @@ def test_sessions_on_lean_and_module_paths_draft_the_same() -> None:
     with torch.no_grad():
         hidden = target(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]  # [L, H]
     prompt = 8
-    sessions = [d.session(ids[:prompt], VOCAB, target_hidden=hidden[: prompt - 1]) for d in (lean, slow)]
+    sessions = [
+        d.session(DraftContext(tuple(ids[:prompt]), VOCAB, target_hidden=hidden[: prompt - 1])) for d in (lean, slow)
+    ]
     assert isinstance(sessions[0].cache, LeanKV) and isinstance(sessions[1].cache, DynamicCache)
     pos = prompt - 1
     while pos + 3 < len(ids):
@@ -198,9 +203,9 @@ def test_embedded_default_draft_is_the_measured_fastest_and_lossless(
     """The default draft is the candidate measured fastest on this machine (ties within 3 % go to the simpler),
     read from its cache file; it runs with the tree it was measured with, and stays lossless."""
     from drafters import measured_default
+    from drafters.build import build
     from drafters.mixture import MixtureDrafter
-    from specvlm.api import make_drafter
-    from specvlm.models import LoadOptions
+    from specvlm.options import LoadOptions
     from specvlm.trees import make_tree
 
     monkeypatch.setenv("SPECVLM_CACHE", str(tmp_path))
@@ -208,7 +213,7 @@ def test_embedded_default_draft_is_the_measured_fastest_and_lossless(
     path = measured_default.path_for(embedded.target)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"draft": draft, "tree": chosen, "rates": rates}))
-    drafter = make_drafter(None, embedded.target, LoadOptions())
+    drafter = build(None, embedded.target, LoadOptions())
     assert type(drafter).__name__ == kind and chosen == tree
     if isinstance(drafter, MixtureDrafter):
         assert drafter.copy_gate == 2

@@ -18,11 +18,11 @@ from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel
 
 import specvlm
-from drafters import ModelDrafter, NGramDrafter
+from drafters import MixtureDrafter, ModelDrafter, NGramDrafter
 from drafters.model import ModelSession
 from drafters.text_only import TextOnlyDrafter
 from specvlm.builders import ChainTree
-from specvlm.drafting import Drafter, DraftSession
+from specvlm.drafting import DraftContext, Drafter, DraftSession
 from specvlm.models import TargetModel
 from specvlm.trees import TREE_NAMES
 from specvlm.vlm import ImagePrompt, load_image, remap_image_tokens, strip_image_tokens, to_rgb
@@ -161,8 +161,8 @@ class BlindDrafter(Drafter):
     def __init__(self, model: PreTrainedModel):
         self.model = model
 
-    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
-        return ModelSession(self.model, prompt_ids, vocab_size)
+    def session(self, context: DraftContext) -> DraftSession:
+        return ModelSession(self.model, list(context.prompt_ids), context.vocab_size)
 
 
 def test_copy_draft_needs_the_image(target: LlavaForConditionalGeneration, references: list[list[int]]) -> None:
@@ -180,6 +180,32 @@ def test_copy_draft_needs_the_image(target: LlavaForConditionalGeneration, refer
     assert rates["with image"] >= 4.0, rates
     assert rates["blind"] < rates["with image"] / 2, rates
     assert rates["text only"] < rates["with image"] / 2, rates
+
+
+def test_llava_draft_in_a_mixture_keeps_its_image(
+    target: LlavaForConditionalGeneration, references: list[list[int]]
+) -> None:
+    """A mixture declares what its parts take: with a llava part it handles images, the llava part gets the image
+    and the n-gram part the text. Before, the mixture declared nothing, was wrapped text-only, and its llava part
+    drafted blind."""
+    mixture = MixtureDrafter([ModelDrafter(copy.deepcopy(target)), NGramDrafter()], copy_gate=0)
+    text_mixture = MixtureDrafter([ModelDrafter(tiny_llama(seed=3, layers=1)), NGramDrafter()])
+    assert mixture.handles_images and not text_mixture.handles_images
+    dec = specvlm.load(target, mixture)
+    assert dec.drafter is mixture  # not wrapped in TextOnlyDrafter
+    assert isinstance(specvlm.load(target, text_mixture).drafter, TextOnlyDrafter)
+    ids, pv = PROMPTS[0]
+    with torch.inference_mode():
+        session = mixture.session(DraftContext(tuple(ids), VOCAB, images=image_prompt(ids, pv)))
+        llava, ngram = session.sessions
+        llava.prefill(ids[-1])
+    assert llava.cache.get_seq_length() == len(ids)  # the image prefix is in the llava part's cache
+    assert ngram.seq == strip_image_tokens(ids, IMAGE)  # the n-gram part sees the text
+    tokens, calls = run(dec, FULL_CHAIN)
+    assert tokens == references
+    blind_tokens, blind_calls = run(specvlm.load(target, TextOnlyDrafter(mixture, IMAGE)), FULL_CHAIN)
+    assert blind_tokens == references
+    assert calls < blind_calls / 1.5, (calls, blind_calls)  # seeing the image, the copy accepts far more
 
 
 # -- the image prefix in the caches --------------------------------------------------------------------------------
@@ -231,7 +257,7 @@ def test_root_logits_equal_the_full_forward_and_positions_matter(target: LlavaFo
 def test_llava_draft_cache_holds_the_image_prefix(target: LlavaForConditionalGeneration) -> None:
     ids, pv = PROMPTS[3]  # two images
     draft = copy.deepcopy(target)
-    session = ModelDrafter(draft).session(ids, VOCAB, images=image_prompt(ids, pv))
+    session = ModelDrafter(draft).session(DraftContext(tuple(ids), VOCAB, images=image_prompt(ids, pv)))
     root_logits = session.logits([0], [ids[-1]], [-1])[0]  # the first forward: prompt + pixel values
     direct = draft(input_ids=torch.tensor([ids]), pixel_values=pv, use_cache=True)
     assert session.cache.get_seq_length() == len(ids)
@@ -245,7 +271,9 @@ def test_llava_draft_cache_holds_the_image_prefix(target: LlavaForConditionalGen
 def test_text_only_draft_cache_holds_the_text(target: LlavaForConditionalGeneration) -> None:
     ids, pv = PROMPTS[0]
     text = tiny_llama(seed=3, layers=1)
-    session = TextOnlyDrafter(ModelDrafter(text), IMAGE).session(ids, VOCAB, images=image_prompt(ids, pv))
+    session = TextOnlyDrafter(ModelDrafter(text), IMAGE).session(
+        DraftContext(tuple(ids), VOCAB, images=image_prompt(ids, pv))
+    )
     root_logits = session.logits([0], [ids[-1]], [-1])[0]
     stripped = [t for t in ids if t != IMAGE]
     assert stripped == strip_image_tokens(ids, IMAGE) and len(stripped) == len(ids) - FEATURES

@@ -20,10 +20,11 @@ from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
 import specvlm
-from drafters.train_mini_vlm import caption_batch, draft_text_config, prompt_ids
-from eval import scenes
 from specvlm import mini_vlm
-from specvlm.models import LoadOptions, load_embedded
+from specvlm.embedded import load_embedded
+from specvlm.options import LoadOptions
+from training import scenes
+from training.mini_vlm import caption_batch, draft_text_config, prompt_ids
 
 
 # -- rendered scenes -----------------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ shipped = pytest.mark.skipif(not mini_vlm.shipped(), reason="the mini VLM weight
 @shipped
 def test_generate_with_an_image_uses_the_embedded_vlm() -> None:
     """specvlm.generate(image, prompt) with no models: the shipped pair, identical to HF greedy."""
-    path = sorted((Path(scenes.__file__).parent / "data" / "scenes_test" / "images").glob("*.png"))[0]
+    path = sorted((Path(__file__).parent.parent / "eval" / "data" / "scenes_test" / "images").glob("*.png"))[0]
     got = specvlm.generate(str(path), "Describe the image in one sentence.", max_new_tokens=20)
     dec = specvlm.api.default_decoder(True)
     assert mini_vlm.is_embedded_target(dec.target.model) and "draft" in dec.drafter.name

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from transformers import LlamaForCausalLM
 
 import specvlm
-from drafters import DraftSession, ModelDrafter, NGramDrafter
+from drafters import DraftContext, DraftSession, ModelDrafter, NGramDrafter
 from specvlm.builders import Autoregressive, BranchingTree, ChainTree, DynamicTree, OptTree, TreeBuilder
 from specvlm.cache import GROWTH, GrowingCache
 from specvlm.engine import cut_tokens
@@ -145,8 +145,8 @@ class EosDrafter(ModelDrafter):
         super().__init__(model)
         self.eos = eos
 
-    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
-        return EosSession(super().session(prompt_ids, vocab_size, **inputs), self.eos)
+    def session(self, context: DraftContext) -> DraftSession:
+        return EosSession(super().session(context), self.eos)
 
 
 @by_name(DRAFTED)
@@ -178,8 +178,8 @@ class InterruptingDrafter(ModelDrafter):
         super().__init__(model)
         self.calls, self.at = 0, at
 
-    def session(self, prompt_ids: list[int], vocab_size: int, **inputs: Any) -> DraftSession:
-        inner = super().session(prompt_ids, vocab_size, **inputs)
+    def session(self, context: DraftContext) -> DraftSession:
+        inner = super().session(context)
         original = inner.logits
 
         def logits(nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:

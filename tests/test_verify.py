@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from drafters.base import DraftSession
 from drafters.followers import FollowerSession
 from specvlm.builders import BranchingTree, ChainTree, DynamicTree, OptTree, StepLimits, TreeBuilder
+from specvlm.drafting import DraftSession
 from specvlm.sampling import Sampling, make_generator, warp
 from specvlm.tree import TokenTree
 from specvlm.verify import residual_step, verify_greedy, verify_sampling

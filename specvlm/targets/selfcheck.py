@@ -1,6 +1,8 @@
-"""The load-time self-check: a small tree scored in one forward must give the logits of the same tokens decoded one
-by one by the model's own forward (its own cache, masks and positions, as in `generate`). A model that fails is
-refused, so the lossless contract also protects families no adapter lists. Cached per model config and device."""
+"""The load-time self-check: a tree forward must give the logits of the model's own one-by-one decoding.
+
+A small tree scored in one forward must give the logits of the same tokens decoded one by one by the model's own
+forward (its own cache, masks and positions, as in `generate`). A model that fails is refused, so the lossless
+contract also protects families no adapter lists. Cached per model config and device."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import torch
 import transformers
 from transformers import DynamicCache
 
-from ..embedded import cache_root
 from ..errors import ConfigError
+from ..options import cache_root
 from ..tree import TokenTree
 
 if TYPE_CHECKING:

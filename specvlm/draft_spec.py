@@ -1,0 +1,91 @@
+"""The draft-spec grammar users type (`draft="trained+ngram@2"`), parsed once, without torch, by every entry point.
+
+    spec     := "" | mixture | part "+followers" | "+followers"
+    mixture  := part ("+" part)+ ["@" N]            N: the copy gate, an n-gram length (0 = off)
+    part     := "trained" | "embedded" | ngram | layerskip | MODEL
+    ngram    := ("ngram" | "prompt-lookup") [":" N]  1 <= N <= 16 (default 3)
+    layerskip:= ("layerskip" | "layer-skip") ":" K [":" FOLDER]   1 <= K < layers; FOLDER "trained": shipped exits
+    MODEL    := a hub id, a folder (a model or a trained feature draft) or a .gguf file
+
+An empty spec (None) is the default draft. A path that exists is always a MODEL, even with "+" in its name.
+`drafters.build.build(spec, target, opts)` turns a parsed spec into a Drafter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+#: what `specvlm.load(draft=...)` and every CLI's --draft accept, for help texts
+SPEC_HELP = (
+    "'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), 'trained' (the shipped draft of the embedded target), "
+    "'layerskip:K[:FOLDER]' (the target's first K layers; FOLDER or 'trained': a trained exit), 'embedded' "
+    "(SmolLM2-135M as a draft), 'A+B[@N]' (a mixture; N = its copy gate, 0 = off), 'SPEC+followers', or a hub id, "
+    "folder or .gguf file (default: measured for the embedded target, else ngram)"
+)
+KINDS = ("default", "followers", "mixture", "trained", "embedded", "ngram", "layerskip", "model")
+NGRAM_MAX = 16
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    """One parsed draft spec. `n`: the n-gram length, the layer-skip depth K or the mixture's copy gate;
+    `path`: the layer-skip exit folder or the model's id / path; `parts`: a mixture's parts or the followers' base."""
+
+    kind: str
+    text: str = ""
+    n: int | None = None
+    path: str | None = None
+    parts: tuple[DraftSpec, ...] = ()
+
+
+def parse_spec(text: str | os.PathLike | None) -> DraftSpec:
+    """`text` parsed by the grammar above; ConfigError names the mistake and the form to write."""
+    if text is None:
+        return DraftSpec("default")
+    if isinstance(text, os.PathLike):
+        return DraftSpec("model", os.fspath(text), path=os.fspath(text))
+    if not isinstance(text, str):
+        raise ConfigError(f"a draft spec is a string, got {type(text).__name__}")
+    spec = text.strip()
+    if not spec:
+        return DraftSpec("default")
+    if os.path.exists(spec):
+        return DraftSpec("model", spec, path=spec)
+    if spec.endswith("+followers"):
+        return DraftSpec("followers", spec, parts=(parse_spec(spec.removesuffix("+followers") or None),))
+    if "+" in spec:
+        body, _, gate = spec.partition("@")  # "trained+ngram@0": the copy gate off (default 2)
+        if gate and not gate.isdigit():
+            raise ConfigError(f"bad mixture {spec!r}: '@N' sets the copy gate, an n-gram length (0 = off)")
+        names = body.split("+")
+        if any(not name.strip() for name in names):
+            raise ConfigError(f"bad mixture {spec!r}: write two or more drafts joined by '+', e.g. 'trained+ngram'")
+        parts = tuple(parse_spec(name) for name in names)
+        return DraftSpec("mixture", spec, n=int(gate) if gate else None, parts=parts)
+    if spec in ("trained", "embedded"):
+        return DraftSpec(spec, spec)
+    if re.fullmatch(r"(ngram|prompt-lookup)(:.*)?", spec):
+        _, _, n = spec.partition(":")
+        if n and not (n.isdigit() and 1 <= int(n) <= NGRAM_MAX):
+            raise ConfigError(f"bad n-gram draft {spec!r}: use 'ngram' or 'ngram:N' with 1 <= N <= {NGRAM_MAX}")
+        return DraftSpec("ngram", spec, n=int(n) if n else 3)
+    if re.fullmatch(r"(layerskip|layer-skip)(:.*)?", spec):
+        _, _, rest = spec.partition(":")
+        k, _, folder = rest.partition(":")  # K is checked against the target's layer count when built
+        return DraftSpec("layerskip", spec, n=int(k) if k.isdigit() else None, path=folder or None)
+    return DraftSpec("model", spec, path=spec)
+
+
+def spec_arg(text: str) -> str:
+    """An argparse `type=`: the spec as given, once `parse_spec` accepts it (a mistake is a usage error, before any
+    weights load)."""
+    try:
+        parse_spec(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
