@@ -1,11 +1,12 @@
-"""`python -m drafters.agreement`: top-1 agreement (and acceptance, KL) of drafts with the embedded target, on the
-held-out split of the self-distillation data (the same split `drafters.train` never trains on) or, with `--on bench`,
-on the target's greedy answers to the benchmark's prompts (`eval.bench --dataset mixed`: bundled news articles to
-summarise and the held-out questions and instructions), by kind of prompt.
+"""Top-1 agreement (and acceptance, KL) of drafts with the embedded target: `python -m eval.agreement`.
 
-  python -m drafters.agreement --data runs/distill/data.jsonl runs/distill/data-sampled.jsonl --limit 40 \\
+Scored on the held-out split of the self-distillation data (the same split `training.train` never trains on) or,
+with `--on bench`, on the target's greedy answers to the benchmark's prompts (`eval.bench --dataset mixed`: bundled
+news articles to summarise and the held-out questions and instructions), by kind of prompt.
+
+  python -m eval.agreement --data runs/distill/data.jsonl runs/distill/data-sampled.jsonl --limit 40 \\
       --drafts trained,layerskip:16,layerskip:24,layerskip:28
-  python -m drafters.agreement --on bench --limit 32 --drafts trained,runs/draft
+  python -m eval.agreement --on bench --limit 32 --drafts trained,runs/draft
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 import torch
 
-from drafters.selfdistill import read_dataset
-from drafters.train import split
+from training.common import split
+from training.selfdistill import read_dataset
 
-CLI = "python -m drafters.agreement"
+CLI = "python -m eval.agreement"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--max-new-tokens", type=int, default=96, help="--on bench: greedy answer length")
     ap.add_argument("--data", nargs="+", default=["runs/distill/data.jsonl"], help="the training run's JSONL files")
-    ap.add_argument("--val-share", type=float, default=0.05, help="as given to drafters.train")
-    ap.add_argument("--seed", type=int, default=0, help="as given to drafters.train")
+    ap.add_argument("--val-share", type=float, default=0.05, help="as given to training.train")
+    ap.add_argument("--seed", type=int, default=0, help="as given to training.train")
     ap.add_argument("--limit", type=int, default=40, help="held-out sequences (or bench prompts) scored")
     ap.add_argument("--drafts", default="trained,layerskip:16,layerskip:24,layerskip:28", help="comma-separated")
     ap.add_argument("--threads", type=int, default=0)
@@ -43,12 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dec = specvlm.load(draft="ngram")
-    from specvlm.api import make_drafter
-    from specvlm.models import LoadOptions
+    from drafters.build import build
+    from specvlm.options import LoadOptions
 
     opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
     names = [d.strip() for d in args.drafts.split(",") if d.strip()]
-    drafts = {n: make_drafter(n, dec.target, opts) for n in names}
+    drafts = {n: build(n, dec.target, opts) for n in names}
     groups = bench_groups(dec, args) if args.on == "bench" else heldout_group(args)
     rows = []
     for group, (prompts, continuations) in groups.items():

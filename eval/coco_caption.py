@@ -40,8 +40,8 @@ from eval.common import (
     write_json,
     write_jsonl,
 )
-from eval.scenes import ATTRIBUTES, Scene, attribute_hits
 from eval.shard import Placed, join, merge
+from training.scenes import ATTRIBUTES, Scene, attribute_hits
 
 if TYPE_CHECKING:
     from specvlm import Decoder, Generation, TreeBuilder
@@ -194,7 +194,7 @@ def load_samples(args: argparse.Namespace) -> list[Sample]:
     for img_id in picked:
         info = coco.imgs[img_id]
         refs = tuple(str(a.get("caption", "")).strip() for a in coco.imgToAnns.get(img_id, []))
-        scene = Scene(**info["scene"]) if isinstance(info.get("scene"), dict) else None  # eval.scenes files
+        scene = Scene(**info["scene"]) if isinstance(info.get("scene"), dict) else None  # training.scenes files
         out.append(Sample(int(img_id), root / str(info["file_name"]), refs, scene))
     return out
 

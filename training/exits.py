@@ -1,4 +1,4 @@
-"""`python -m drafters.train --exits 16,24,28`: train the exits of layer-skip drafts (drafters/exits.py), all at once.
+"""Train the exits of layer-skip drafts (drafters/exits.py), all at once: `python -m training.train --exits 16,24,28`.
 
 One frozen teacher-forced target pass per batch gives every kept layer's hidden state and the target's own
 distribution; each exit K learns KL(p_target || q_K) over the reduced head on the response tokens (SD2's sorted
@@ -23,8 +23,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from drafters.exits import ExitAdapter, ExitNorm, save_exits
-from drafters.selfdistill import read_dataset
-from drafters.train import (
+from training.common import (
     CLI,
     Example,
     TrainConfig,
@@ -35,6 +34,7 @@ from drafters.train import (
     optimizer_step,
     split,
 )
+from training.selfdistill import read_dataset
 
 
 def parse_exits(spec: str, total: int) -> list[int]:
@@ -110,7 +110,7 @@ def exit_agreement(
     return {f"agree_{k}": hits[k] / max(1, total) for k in sorted(exits)}
 
 
-def train_exits(target: PreTrainedModel, cfg: TrainConfig, log: Any, stops: list[int]) -> dict[str, Any]:
+def train(target: PreTrainedModel, cfg: TrainConfig, log: Any, stops: list[int]) -> dict[str, Any]:
     """Train (or resume) one exit per `cfg.exits` layer count; saves the folder `cfg.out` (drafters/exits.py)."""
     torch.manual_seed(cfg.seed)
     total_layers = int(target.config.get_text_config().num_hidden_layers)

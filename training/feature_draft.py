@@ -1,26 +1,20 @@
-"""`python -m drafters.train`: distil a feature draft (drafters/feature_draft.py) from its target.
+"""Distil a feature draft (drafters/feature_draft.py) from its target; run by `python -m training.train`.
 
-Data is the target's own greedy text (drafters/selfdistill.py; generated first when `--data` does not exist).
-Steps: target features for every sequence (one teacher-forced pass, cached) -> reduced head = the most frequent
-response tokens -> training with KL to the target's distribution (over the head) plus a feature regression,
-unrolled for `--levels` drafting steps (level j sees its own predictions from level j - 1, as when it drafts a
-chain) -> held-out top-1 agreement per level -> an HF-format folder that `specvlm.load(draft=PATH)` loads.
-
-With `--exits 16,24,28` it trains the exits of layer-skip drafts instead (drafters/train_exits.py), used as
-`draft="layerskip:K:OUT"`.
+Data is the target's own greedy text (training/selfdistill.py; generated first when the first data file does not
+exist). Steps: target features for every sequence (one teacher-forced pass, cached) -> reduced head = the most
+frequent response tokens -> training with KL to the target's distribution (over the head) plus a feature
+regression, unrolled for `--levels` drafting steps (level j sees its own predictions from level j - 1, as when it
+drafts a chain) -> held-out top-1 agreement per level -> an HF-format folder that `specvlm.load(draft=PATH)` loads.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import math
 import random
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,53 +24,22 @@ from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from drafters.feature_draft import FeatureDraftModel, draft_config, target_head
-from drafters.selfdistill import build_dataset, read_dataset, stop_ids
-
-CLI = "python -m drafters.train"
-
-
-@dataclass
-class Example:
-    ids: torch.Tensor  # [L] token ids (prompt + response)
-    feats: torch.Tensor  # [L, H] target last hidden states (final-normed), bfloat16
-    start: int  # first position whose next token is a response token (prompt_len - 1)
-
-
-@dataclass
-class TrainConfig:
-    data: list[str]  # self-distillation JSONL files
-    out: str
-    head_size: int = 8192
-    layers: int = 1
-    levels: int = 3
-    level_decay: float = 0.8
-    reg_weight: float = 1.0
-    lr: float = 1e-3
-    batch_tokens: int = 4096
-    epochs: float = 3.0
-    minutes: float = 0.0  # > 0: stop after this long (the cosine then ends with the budget)
-    val_share: float = 0.05
-    init: str = "last-layer"
-    init_from: str | None = None  # a saved feature draft to continue from (its weights and reduced head)
-    eval_every: int = 200
-    seed: int = 0
-    threads: int = 0
-    target: str | None = None  # None: the embedded SmolLM2-135M-Instruct
-    autocast: str = "off"  # "bf16": the training forward and backward under bfloat16 autocast (weights stay float32)
-    device: str | None = None  # None: cuda when available, else cpu (the target, the draft and every batch)
-    exits: str = ""  # "16,24,28": train layer-skip exits (drafters/train_exits.py) instead of a feature draft
-    val_records: int = 0  # > 0: score held-out agreement on this many held-out records only
+from training.common import (
+    CLI,
+    Example,
+    TrainConfig,
+    autocast,
+    batches,
+    head_tokens,
+    length_groups,
+    lr_at,
+    optimizer_step,
+    split,
+)
+from training.selfdistill import build_dataset, read_dataset
 
 
 # -- data ------------------------------------------------------------------------------------------------------
-def split(records: list[dict[str, Any]], val_share: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A random held-out share of the records (all of it text the target wrote; never the evaluation prompts)."""
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, int(len(records) * val_share))
-    return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
-
-
 @torch.inference_mode()
 def target_features(target: PreTrainedModel, records: list[dict[str, Any]], batch_tokens: int) -> list[Example]:
     """One teacher-forced target pass per batch (right padding): the final-normed last hidden state per token."""
@@ -147,41 +110,10 @@ def cached_features(
     return known
 
 
-def head_tokens(examples: list[Example], size: int, always: list[int]) -> torch.Tensor:
-    """The `size` most frequent response tokens (plus the stop tokens): the draft's reduced output vocabulary."""
-    counts: Counter[int] = Counter()
-    for e in examples:
-        counts.update(e.ids[e.start + 1 :].tolist())
-    chosen = list(dict.fromkeys([*always, *(t for t, _ in counts.most_common(size))]))[:size]
-    return torch.tensor(sorted(chosen), dtype=torch.long)
-
-
 def coverage(examples: list[Example], head_ids: torch.Tensor) -> float:
     inside = set(head_ids.tolist())
     toks = [t for e in examples for t in e.ids[e.start + 1 :].tolist()]
     return sum(t in inside for t in toks) / max(1, len(toks))
-
-
-def length_groups(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices sorted by length, grouped so that a group padded to its longest member holds <= `batch_tokens`
-    tokens (a longer single item gets a group of its own)."""
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda k: lengths[k]):
-        if cur and (len(cur) + 1) * lengths[i] > batch_tokens:
-            groups.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        groups.append(cur)
-    return groups
-
-
-def batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> list[list[Example]]:
-    """Length-sorted batches of about `batch_tokens` padded tokens, in random order."""
-    out = [[examples[i] for i in g] for g in length_groups([len(e.ids) for e in examples], batch_tokens)]
-    rng.shuffle(out)
-    return out
 
 
 def collate(rows: list[Example], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -289,32 +221,6 @@ def evaluate(
 
 
 # -- driver ----------------------------------------------------------------------------------------------------
-def lr_at(cfg: TrainConfig, step: int, total_steps: int, elapsed: float) -> float:
-    """Linear warm-up, then a cosine to 0 over the steps or the --minutes budget, whichever ends first."""
-    warmup = min(100, total_steps // 10)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    done = (step - warmup) / max(1, total_steps - warmup)
-    if cfg.minutes:
-        done = max(done, elapsed / (cfg.minutes * 60))
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-
-def optimizer_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor, lr: float) -> None:
-    """One step at learning rate `lr`, the gradients clipped to norm 1."""
-    for group in opt.param_groups:
-        group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-
-
-def autocast(device: torch.device, cfg: TrainConfig) -> torch.autocast:
-    """bfloat16 autocast on the training device when `--autocast bf16` (a no-op context otherwise)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
-
-
 def build_model(target: PreTrainedModel, cfg: TrainConfig, head_ids: torch.Tensor) -> FeatureDraftModel:
     model = FeatureDraftModel(draft_config(target.config, cfg.head_size, cfg.layers))
     model.head_ids.copy_(head_ids)
@@ -414,81 +320,3 @@ def train(
     (out_dir / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     ckpt.unlink(missing_ok=True)
     return report
-
-
-def parse_args(argv: list[str] | None) -> TrainConfig:
-    d = TrainConfig(data=[], out="")
-    ap = argparse.ArgumentParser(prog=CLI, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--data",
-        nargs="+",
-        default=["runs/distill/data.jsonl"],
-        help="self-distillation JSONL file(s) (the first is made with drafters.selfdistill if missing)",
-    )
-    ap.add_argument("--out", default="runs/draft", help="output folder (HF format); resumes from its checkpoint")
-    ap.add_argument("--head-size", type=int, default=d.head_size, help="reduced output vocabulary of the draft")
-    ap.add_argument("--layers", type=int, default=d.layers, help="decoder layers of the draft")
-    ap.add_argument("--levels", type=int, default=d.levels, help="unrolled drafting steps trained")
-    ap.add_argument("--level-decay", type=float, default=d.level_decay, help="loss weight ratio of level j+1 to j")
-    ap.add_argument("--reg-weight", type=float, default=d.reg_weight, help="weight of the feature regression")
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="padded tokens per batch")
-    ap.add_argument("--epochs", type=float, default=d.epochs)
-    ap.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget (0 = none)")
-    ap.add_argument("--val-share", type=float, default=d.val_share)
-    ap.add_argument("--init", choices=["last-layer", "random"], default=d.init)
-    ap.add_argument(
-        "--init-from",
-        metavar="DIR",
-        help="continue from a saved feature draft (e.g. drafters/weights/smollm2-135m-feature): its weights and "
-        "its reduced head (--head-size is then ignored)",
-    )
-    ap.add_argument("--eval-every", type=int, default=d.eval_every)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = default)")
-    ap.add_argument("--target", default=None, help="target (default: the embedded SmolLM2-135M-Instruct)")
-    ap.add_argument(
-        "--exits",
-        default="",
-        metavar="K1,K2",
-        help="train the exits of layer-skip drafts with these layer counts (e.g. 16,24,28; SD2-style, all "
-        "at once, the target frozen) instead of a feature draft; use them as draft='layerskip:K:OUT'",
-    )
-    ap.add_argument("--val-records", type=int, default=0, help="score agreement on this many held-out records (0: all)")
-    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    ap.add_argument("--autocast", choices=["off", "bf16"], default=d.autocast,
-                    help="bf16: train under bfloat16 autocast, faster on GPUs and on CPUs with AVX512-BF16/AMX "
-                    "(1.5x per step on this project's CPU; the weights, the optimizer and the saved draft are "
-                    "unchanged)")  # fmt: skip
-    return TrainConfig(**vars(ap.parse_args(argv)))
-
-
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(argv)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    from specvlm.models import LoadOptions, load_embedded, load_model, resolve_device
-
-    opts = LoadOptions(dtype=torch.float32, device=resolve_device(cfg.device))
-    if cfg.target is None:
-        target, tokenizer = load_embedded(opts)
-    else:
-        loaded = load_model(cfg.target, opts)
-        target, tokenizer = loaded.model, loaded.tokenizer
-    target.eval().requires_grad_(False)
-    if cfg.exits:
-        from drafters.train_exits import parse_exits, train_exits
-
-        try:  # a bad --exits: one line, not a traceback
-            parse_exits(cfg.exits, int(target.config.get_text_config().num_hidden_layers))
-        except ValueError as err:
-            raise SystemExit(f"{CLI}: error: {err}") from None
-        report = train_exits(target, cfg, sys.stdout, stop_ids(tokenizer))
-        print(json.dumps({"before": report["before"], "final": report["final"], "steps": report["steps"]}))
-        return
-    report = train(target, cfg, sys.stdout, stop_ids(tokenizer), tokenizer)
-    print(json.dumps({"final": report["final"], "data": report["data"], "steps": report["steps"]}))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
-"""Train the embedded miniature VLM pair on rendered scenes (eval/scenes.py): `python -m drafters.train_mini_vlm`.
+"""Train the embedded miniature VLM pair on rendered scenes (training/scenes.py): `python -m training.mini_vlm`.
 
-    python -m drafters.train_mini_vlm target --data runs/scenes --out drafters/weights/mini-llava --minutes 30
-    python -m drafters.train_mini_vlm draft --data runs/scenes --out drafters/weights/mini-llava-draft --minutes 15
+    python -m training.mini_vlm target --data runs/scenes --out drafters/weights/mini-llava --minutes 30
+    python -m training.mini_vlm draft --data runs/scenes --out drafters/weights/mini-llava-draft --minutes 15
 
 target: a llava around the frozen embedded SmolLM2-135M-Instruct. Stage 1 trains the new vision tower alone to name
   the scene's attributes (five small classifier heads on its mean patch feature, thrown away afterwards); stage 2
@@ -34,10 +34,11 @@ from torch import nn
 from tqdm import tqdm
 from transformers import LlamaConfig, LlavaForConditionalGeneration
 
-from eval.scenes import ATTRIBUTES, COLOURS, COUNTS, PLACES, SHAPES, SIZES, Scene, attribute_hits
 from specvlm import mini_vlm
-from specvlm.models import LoadOptions, load_embedded
+from specvlm.embedded import load_embedded
+from specvlm.options import LoadOptions
 from specvlm.vlm import expand_placeholders, render_prompt
+from training.scenes import ATTRIBUTES, COLOURS, COUNTS, PLACES, SHAPES, SIZES, Scene, attribute_hits
 
 PROMPT = "Describe the image in one sentence."
 CLASSES: dict[str, list[Any]] = {
@@ -59,7 +60,7 @@ class Split:
 
 
 def read_split(folder: Path, processor: Any, limit: int | None = None) -> Split:
-    """A split written by eval.scenes, read with pycocotools; pixels through the llava processor's image part."""
+    """A split written by training.scenes, read with pycocotools; pixels through the llava processor's image part."""
     from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -362,13 +363,13 @@ def train_draft(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m drafters.train_mini_vlm",
+        prog="python -m training.mini_vlm",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("part", choices=["target", "draft"], help="what to train")
-    parser.add_argument("--data", required=True, help="folder written by `python -m eval.scenes`")
+    parser.add_argument("--data", required=True, help="folder written by `python -m training.scenes`")
     parser.add_argument("--out", required=True, help="folder for the trained weights")
     parser.add_argument("--target-weights", default=str(mini_vlm.TARGET_WEIGHTS), help="draft: the target's weights")
     parser.add_argument("--minutes", type=float, default=30.0, help="stop after this long (wall clock)")

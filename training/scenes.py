@@ -4,12 +4,12 @@ Every image holds one to three identical objects (one shape, one colour, one siz
 captions name the five attributes in several wordings, and `attributes_in` reads them back out of any caption, so a
 model's captions are scored by attribute accuracy against the scene that was drawn.
 
-    python -m eval.scenes --out runs/scenes --train 6000 --val 300 --test 200
+    python -m training.scenes --out runs/scenes --train 6000 --val 300 --test 200
 
 writes `<out>/<split>/images/*.png` and `<out>/<split>/captions.json` for each split (seeded, reproducible; the
 same seed always draws the same scenes; a split's first n images do not depend on its size). The test split bundled
-in eval/data/scenes_test is `python -m eval.scenes --out /tmp/scenes --train 0 --val 0 --test 100` (then copied):
-the first 100 test images of the training run's data, never seen in training.
+in eval/data/scenes_test is `python -m training.scenes --out /tmp/scenes --train 0 --val 0 --test 100` (then
+copied): the first 100 test images of the training run's data, never seen in training.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def write_split(out: Path, n: int, rng: random.Random, first_id: int) -> Path:
         images.append({"id": image_id, "file_name": name, "width": SIZE, "height": SIZE, "scene": asdict(scene)})
         for text in captions(scene):
             annotations.append({"id": len(annotations) + first_id * 10, "image_id": image_id, "caption": text})
-    info = {"description": "specvlm rendered scenes (eval/scenes.py)", "version": "1"}
+    info = {"description": "specvlm rendered scenes (training/scenes.py)", "version": "1"}
     (out / "captions.json").write_text(json.dumps({"info": info, "images": images, "annotations": annotations}))
     return out / "captions.json"
 
@@ -163,7 +163,7 @@ def read_scenes(captions_file: str | Path) -> dict[int, Scene]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.scenes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.scenes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the splits")
     parser.add_argument("--train", type=int, default=6000, help="training images")
     parser.add_argument("--val", type=int, default=300, help="validation images")

@@ -8,7 +8,7 @@ Five prompt sources, all generated here:
   4. "summarise this article" over articles the target wrote in round 1 (summaries copy from their source, as the
      news evaluation does),
   5. the same over long texts (400-760 tokens) joined from answers in earlier files (`--long-summaries N --from
-     FILES`): round-2 summaries stay under ~560 tokens, the news evaluation's prompts reach ~800.
+     FILES`), as long as the news evaluation's prompts (round-2 summaries are shorter; docs/performance.md).
 Responses are the target's greedy continuations, which is what a greedy speculative decoder must predict.
 The output is JSONL, one record per response: {"source", "prompt", "ids"} where `ids` = chat-formatted prompt +
 response token ids.  Records are appended batch by batch, so a run can be stopped and resumed.
@@ -327,11 +327,12 @@ def read_dataset(path: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from specvlm.models import LoadOptions, load_embedded
+    from specvlm.embedded import load_embedded
+    from specvlm.options import LoadOptions
     from specvlm.packed import maybe_pack, packed_if
 
     ap = argparse.ArgumentParser(
-        prog="python -m drafters.selfdistill", description="Generate self-distillation data from the embedded target."
+        prog="python -m training.selfdistill", description="Generate self-distillation data from the embedded target."
     )
     ap.add_argument("--out", type=Path, default=Path("runs/distill/data.jsonl"), help="JSONL to append to")
     ap.add_argument("--sampled", type=int, default=512, help="user prompts sampled from the target")
