@@ -3,7 +3,7 @@
 A layer-skip draft of K layers reads the target's head off layer K's hidden state, which the target's final norm and
 head were never trained on. An exit is a residual linear map in front of the final norm, x -> norm(x + W x), one per
 K. W starts at zero (the exit is then the untrained layer-skip draft exactly) and is trained by
-`python -m drafters.train --exits 16,24,28` with the KL to the target's own distribution; every exit learns from
+`python -m training.train --exits 16,24,28` with the KL to the target's own distribution; every exit learns from
 the same frozen target pass ("sorted": all depths at once). The target's weights are never changed, so the output
 stays the target's own; only the draft's proposals improve.
 
@@ -75,7 +75,7 @@ def load_exit(folder: str | Path, layers: int, hidden: int, dtype: torch.dtype, 
     if not is_exits_folder(folder):
         raise ModelLoadError(
             f"{folder} is not a folder of trained layer-skip exits (config.json with specvlm_draft "
-            f"'{EXITS_KIND}'): make one with `python -m drafters.train --exits K1,K2 --out FOLDER`"
+            f"'{EXITS_KIND}'): make one with `python -m training.train --exits K1,K2 --out FOLDER`"
         )
     config = json.loads((folder / "config.json").read_text())
     if int(config["hidden_size"]) != hidden:
@@ -83,7 +83,7 @@ def load_exit(folder: str | Path, layers: int, hidden: int, dtype: torch.dtype, 
     if layers not in config["layers"]:
         raise ConfigError(
             f"{folder} has trained exits for {config['layers']} layers, not {layers}: use one of those, or "
-            f"train it with `python -m drafters.train --exits {layers}`"
+            f"train it with `python -m training.train --exits {layers}`"
         )
     weight = load_file(str(folder / "model.safetensors"))[f"exit_{layers}.proj.weight"]
     adapter = ExitAdapter(hidden)

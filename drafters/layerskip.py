@@ -8,7 +8,7 @@ sees the prompt's text only (the decoder wraps it in `TextOnlyDrafter`).
 
 Untrained, such a draft agrees with the target's top-1 rarely unless K is close to the number of layers (see
 ../shared/DESIGN.md). A trained exit (drafters/exits.py: a residual linear map in front of the final norm, trained
-by `python -m drafters.train --exits ...` with the target frozen) raises that agreement; `draft="layerskip:K:FOLDER"`
+by `python -m training.train --exits ...` with the target frozen) raises that agreement; `draft="layerskip:K:FOLDER"`
 uses one.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,11 +36,10 @@ from eval.common import (
     write_json,
     write_jsonl,
 )
+from eval.methods import SPECVLM, Method
 from eval.shard import Placed, join, merge
 
 CLI = "bench"
-UNPACKED = "-unpacked"  # suffix of the --compare-unpacked rows
-FIXED = "-fixed"  # suffix of the --compare-fixed rows
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted", "hf_early_exit")
 HELDOUT = Path(__file__).parent / "data" / "heldout_prompts.jsonl"
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_prompts(args, dec)
     records = shard.part(jsonl)  # the JSONL itself for one process
     write_jsonl(records, [])
-    decoders = {"": dec}
+    decoders: dict[str | None, Any] = {None: dec}  # draft spec (None: the decoder's default) -> decoder
     if args.drafts:
         from specvlm import Decoder
         from specvlm.api import make_drafter
@@ -151,19 +151,20 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
         names = [d.strip() for d in args.drafts.split(",") if d.strip()]
-        decoders = {f"[{n}]": Decoder(dec.target, make_drafter(n, dec.target, opts)) for n in names}
-    methods = [*hf, *(f"specvlm-{t}{d}" for d in decoders for t in trees)]
+        decoders = {n: Decoder(dec.target, make_drafter(n, dec.target, opts)) for n in names}
+    methods = [*(Method(m) for m in hf), *(Method(SPECVLM, t, d) for d in decoders for t in trees)]
     if args.compare_unpacked:
         if dec.target.packed is None:
             raise ValueError("--compare-unpacked: this target is not packed (see --pack-linears)")
-        methods += [f"{m}{UNPACKED}" for m in methods if m.startswith("specvlm-")]
+        methods += [dataclasses.replace(m, packed=False) for m in methods if m.hf is None]
     if args.compare_fixed and args.fixed_size:
         raise ValueError("--compare-fixed adds fixed-size rows to sized ones: drop --fixed-size")
     if args.compare_fixed:
-        sized = [m for m in methods if m.startswith("specvlm-") and make_tree(tree_name(m)).hardware_aware]
-        methods += [f"{m}{FIXED}" for m in sized]
+        sized = [m for m in methods if m.tree is not None and make_tree(m.tree).hardware_aware]
+        methods += [dataclasses.replace(m, fixed=True) for m in sized]
+    # sums, profiles and skips by label (the rows' and records' method name; what the shards merge)
     totals: dict[str, dict[str, float]] = {
-        m: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
+        m.label: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
     }
     skipped: set[str] = set()
     profile: dict[str, dict[str, float]] = {}  # method -> seconds per part of the step
@@ -179,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     for pos, (sid, ids) in tqdm(mine, desc=shard.label(CLI), unit="prompt", file=sys.stderr, dynamic_ncols=True):
         reference: list[int] | None = None
         for method in methods:
-            if method.startswith("hf_"):
+            label = method.label
+            if method.hf is not None:
                 got = hf_run(
                     dec,
-                    method,
+                    method.hf,
                     ids,
                     max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature,
@@ -191,17 +193,16 @@ def main(argv: list[str] | None = None) -> int:
                     early_exit=args.early_exit,
                 )
                 if got is None:
-                    skipped.add(method)
+                    skipped.add(label)
                     continue
                 tokens, seconds = got
-                calls = len(tokens) if method == "hf_generate" else 0
+                calls = len(tokens) if method.hf == "hf_generate" else 0
             else:
-                base = method.removesuffix(FIXED)
-                name, draft = tree_name(method), base.removesuffix(UNPACKED).partition("[")[2]
-                fixed = args.fixed_size or method.endswith(FIXED)
-                tree = at_fixed_size(make_tree(name)) if fixed else name
-                with dec.target.unpacked() if base.endswith(UNPACKED) else contextlib.nullcontext():
-                    gen = decoders[f"[{draft}" if draft else ""].generate(
+                assert method.tree is not None  # a specvlm method
+                fixed = args.fixed_size or method.fixed
+                tree = at_fixed_size(make_tree(method.tree)) if fixed else method.tree
+                with contextlib.nullcontext() if method.packed else dec.target.unpacked():
+                    gen = decoders[method.draft].generate(
                         prompt=ids,
                         max_new_tokens=args.max_new_tokens,
                         tree=tree,
@@ -211,19 +212,19 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 tokens, seconds, calls = gen.tokens, gen.stats.seconds, gen.stats.target_calls
                 for part, secs in gen.stats.split().items():
-                    profile.setdefault(method, {}).setdefault(part, 0.0)
-                    profile[method][part] += secs
-            if method == "hf_generate":
+                    profile.setdefault(label, {}).setdefault(part, 0.0)
+                    profile[label][part] += secs
+            if method.hf == "hf_generate":
                 reference = tokens
             same = reference is not None and tokens == reference
-            t = totals[method]
+            t = totals[label]
             t["tokens"] += len(tokens)
             t["seconds"] += seconds
             t["calls"] += calls
             t["identical"] += same
             record = {
                 "id": sid,
-                "method": method,
+                "method": label,
                 "new_tokens": len(tokens),
                 "seconds": round(seconds, 4),
                 "target_calls": calls or None,
@@ -238,14 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     base = totals.get("hf_generate")
     base_rate = base["tokens"] / base["seconds"] if base and base["seconds"] else None
     rows = []
-    for method in methods:
-        if method in skipped:
+    for label in (m.label for m in methods):
+        if label in skipped:
             continue
-        t = totals[method]
+        t = totals[label]
         rate = t["tokens"] / t["seconds"] if t["seconds"] else 0.0
         rows.append(
             {
-                "method": method,
+                "method": label,
                 "tokens_per_second": round(rate, 3),
                 "speedup": round(rate / base_rate, 3) if base_rate else None,
                 "tokens_per_call": round(t["tokens"] / t["calls"], 3) if t["calls"] else None,
@@ -273,11 +274,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 PROFILE_COLUMNS = ["method", "draft_ms", "target_ms", "verify_ms", "cache_ms", "other_ms", "step_ms", "overhead"]
-
-
-def tree_name(method: str) -> str:
-    """'specvlm-dynamic[trained]-unpacked-fixed' -> 'dynamic'."""
-    return method.removeprefix("specvlm-").partition("[")[0].removesuffix(FIXED).removesuffix(UNPACKED)
 
 
 def profile_rows(profile: dict[str, dict[str, float]], totals: dict[str, dict[str, float]]) -> list[dict[str, Any]]:

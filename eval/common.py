@@ -18,23 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from specvlm.tree_kinds import FLAG_TREES, SHAPE_FLAGS, TREE_NAMES, named_kind
+
 if TYPE_CHECKING:
     from specvlm import Decoder, Generation, TreeBuilder
 
 T = TypeVar("T")
 
-#: specvlm.trees.TREE_NAMES, repeated here so that building a parser needs no torch import
-TREE_CHOICES = ("ar", "chain", "static", "dynamic", "opt")
+#: the --tree names, from the registry in specvlm.tree_kinds (torch-free, so building a parser imports no torch)
+TREE_CHOICES = TREE_NAMES
 
 #: which trees each tree-shape flag applies to (argparse dest -> tree names)
-TREE_FLAGS: dict[str, tuple[str, ...]] = {
-    "depth": ("chain", "dynamic"),
-    "budget": ("dynamic",),
-    "nodes": ("opt",),
-    "threshold": ("opt",),
-    "max_depth": ("opt",),
-    "branching": ("static",),
-}
+TREE_FLAGS: dict[str, tuple[str, ...]] = FLAG_TREES
 
 
 # -- argument types ------------------------------------------------------------------------------------------------
@@ -138,6 +133,14 @@ def seed_mode(text: str) -> str | None:
     return SEED_MODES[key]
 
 
+#: the argument type of each kind of shape-flag value (specvlm.tree_kinds.ShapeFlag.value)
+_FLAG_TYPES: dict[str, Callable[[str], Any]] = {
+    "positive_int": positive_int,
+    "positive_int_list": positive_int_list,
+    "non_negative_float": non_negative_float,
+}
+
+
 def add_tree_args(parser: argparse.ArgumentParser) -> None:
     """--tree and its shape flags, and the sampling flags --T/--temperature, --P/--top-p, --seed."""
     group = parser.add_argument_group("tree and sampling")
@@ -147,20 +150,10 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
         help="draft tree shape (default: the decoder's default; a shape flag alone picks its tree)",
     )
     group.add_argument("--growmap", metavar="PATH", help="static tree from a growmap file (JSON, or Sequoia .pt)")
-    group.add_argument(
-        "--branching",
-        type=positive_int_list,
-        metavar="LIST",
-        help="static tree: children per node at each level, e.g. 3,1,1,1 (3 first tokens, each a chain of 3)",
-    )
-    group.add_argument(
-        "--B", "--budget", dest="budget", type=positive_int, metavar="INT", help="dynamic tree: token budget B"
-    )
-    group.add_argument("--nodes", type=positive_int, metavar="INT", help="opt tree: nodes in the tree")
-    group.add_argument(
-        "--threshold", type=non_negative_float, metavar="FLOAT", help="opt tree: stop growing when E gains less"
-    )
-    group.add_argument("--max-depth", "--max_depth", type=positive_int, metavar="INT", help="opt tree: deepest level")
+    for flag in SHAPE_FLAGS:  # the registry's shape flags: --depth, --B, --nodes, --threshold, --max-depth, ...
+        group.add_argument(
+            *flag.options, dest=flag.dest, type=_FLAG_TYPES[flag.value], metavar=flag.metavar, help=flag.help
+        )
     group.add_argument(
         "--mode",
         dest="tree",
@@ -168,7 +161,6 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
         metavar="sTree|dTree|auto",
         help="Dynasurge/Sequoia spelling of --tree: sTree = static, dTree = dynamic, auto = the decoder's default",
     )
-    group.add_argument("--depth", type=positive_int, metavar="INT", help="chain (or dynamic tree): drafted levels")
     group.add_argument(
         "--fixed-size",
         action="store_true",
@@ -266,14 +258,9 @@ def _shaped_tree(args: argparse.Namespace) -> TreeBuilder | str | None:
             raise specvlm.ConfigError(
                 f"{_flag(key)} does not shape --tree {name}: it is for --tree {TREE_FLAGS[key][0]}"
             )
-    shape = {key: getattr(args, key) for key in given}
-    if name == "static":
-        return specvlm.BranchingTree(shape["branching"])
-    if name == "chain":
-        return specvlm.ChainTree(**shape)
-    if name == "dynamic":
-        return specvlm.DynamicTree(**shape)
-    return specvlm.OptTree(**shape)
+    kind = named_kind(name)
+    assert kind is not None, name  # --tree's choices are the registry's names
+    return kind.from_flags({key: getattr(args, key) for key in given})
 
 
 def check_sampling(args: argparse.Namespace) -> None:

@@ -36,6 +36,7 @@ from eval.common import (
     write_json,
     write_jsonl,
 )
+from eval.methods import SPECVLM, Method
 
 CLI = "specbench"
 SAMPLE = Path(__file__).parent / "data" / "specbench_sample.jsonl"
@@ -95,16 +96,6 @@ def conversation_ids(dec: Any, history: Sequence[dict[str, str]]) -> list[int]:
         return dec.prompt_ids([int(i) for i in ids])
     text = "".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}\n" for m in history)
     return dec.prompt_ids(text + "Assistant:", chat=False)
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the run: an HF baseline, or specvlm with a draft and a tree."""
-
-    label: str
-    hf: str | None = None  # an HF method name (eval.common.hf_run)
-    draft: str | None = None  # a draft spec (None: the decoder's default draft)
-    tree: str | None = None
 
 
 @dataclass(frozen=True)
@@ -257,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         for d in drafts:
             decoders[d] = Decoder(dec.target, make_drafter(d, dec.target, opts))
     hf = [BASELINE, *(m.strip() for m in args.hf.split(",") if m.strip() and m.strip() != BASELINE)]
-    methods = [Method(m, hf=m) for m in hf]
+    methods = [Method(m) for m in hf]
     for d in drafts:
         for t in trees:
-            methods.append(Method(f"specvlm-{t}" + (f"[{d}]" if d else ""), draft=d, tree=t))
+            methods.append(Method(SPECVLM, tree=t, draft=d))
     answer_dir.mkdir(parents=True, exist_ok=True)
     for m in methods:
         path = answer_dir / f"{m.label}.jsonl"

@@ -89,3 +89,11 @@ def spec_arg(text: str) -> str:
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+def spec_list_arg(text: str) -> list[str]:
+    """An argparse `type=` for comma-separated specs ("trained+ngram,ngram:4"), each checked by `parse_spec`."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError(f"expected one or more draft specs separated by commas, got {text!r}")
+    return [spec_arg(spec) for spec in specs]

@@ -1,18 +1,15 @@
-"""Tree names users type (`tree="opt"`) turned into builder objects."""
+"""Tree names users type (`tree="opt"`) turned into builder objects, by the registry in `specvlm.tree_kinds`."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
-from .builders import Autoregressive, BranchingTree, ChainTree, DynamicTree, OptTree, TreeBuilder
+from .builders import TreeBuilder
 from .errors import ConfigError
+from .tree_kinds import SAVED_NAMES, TREE_NAMES, named_kind, tree_kind
 
-#: the default static shape until a planned growmap replaces it: wide near the root, a long spine
-DEFAULT_BRANCHING = (4, 2, 2, 1, 1, 1, 1)
-
-TREE_NAMES = ("ar", "chain", "static", "dynamic", "opt")
+__all__ = ["TREE_NAMES", "at_fixed_size", "make_tree", "tree_from_spec"]
 
 
 def at_fixed_size(tree: TreeBuilder) -> TreeBuilder:
@@ -29,29 +26,10 @@ def make_tree(tree: TreeBuilder | str | None, default: TreeBuilder | None = None
         return default if default is not None else make_tree("static")
     if not isinstance(tree, str):
         raise ConfigError(f"tree must be a name {TREE_NAMES} or a builder object, got {type(tree).__name__}")
-    name = tree.strip().lower()
-    if name in ("ar", "autoregressive", "none"):
-        return Autoregressive()
-    if name == "chain":
-        return ChainTree()
-    if name == "static":
-        from .builders.static import StaticTree, shipped_growmap
-
-        return StaticTree() if shipped_growmap() is not None else BranchingTree(DEFAULT_BRANCHING)
-    if name == "dynamic":
-        return DynamicTree()
-    if name in ("opt", "opttree", "opt-tree"):
-        return OptTree()
-    raise ConfigError(f"unknown tree {tree!r}: choose one of {', '.join(TREE_NAMES)} or pass a builder object")
-
-
-#: builders a saved draft may name as its default tree, with their keyword arguments
-_BUILDERS: dict[str, Callable[..., TreeBuilder]] = {
-    "chain": ChainTree,
-    "static": BranchingTree,
-    "dynamic": DynamicTree,
-    "opt": OptTree,
-}
+    kind = tree_kind(tree)
+    if kind is None:
+        raise ConfigError(f"unknown tree {tree!r}: choose one of {', '.join(TREE_NAMES)} or pass a builder object")
+    return kind.plain()
 
 
 def tree_from_spec(spec: dict[str, Any]) -> TreeBuilder:
@@ -59,9 +37,10 @@ def tree_from_spec(spec: dict[str, Any]) -> TreeBuilder:
     {"name": "static", "branching": [2, 1, 1]}."""
     kwargs = dict(spec)
     name = str(kwargs.pop("name", ""))
-    if name not in _BUILDERS:
-        raise ConfigError(f"a draft's default tree {spec!r} must name one of {', '.join(_BUILDERS)}")
+    kind = named_kind(name)
+    if kind is None or not kind.saved:
+        raise ConfigError(f"a draft's default tree {spec!r} must name one of {', '.join(SAVED_NAMES)}")
     try:
-        return _BUILDERS[name](**kwargs)
+        return kind.make(**kwargs)
     except TypeError as err:
         raise ConfigError(f"a draft's default tree {spec!r} has arguments {name} does not take: {err}") from err

@@ -82,7 +82,7 @@ def test_exit_specs_and_folders_are_checked(target: torch.nn.Module, tmp_path: P
     save_exits(tmp_path / "ex", {1: ExitAdapter(64)}, hidden=64)
     with pytest.raises(specvlm.ConfigError, match=r"exits for \[1\] layers, not 2"):
         specvlm.load(target, draft=f"layerskip:2:{tmp_path / 'ex'}")
-    with pytest.raises(specvlm.ModelLoadError, match=r"drafters\.train --exits"):
+    with pytest.raises(specvlm.ModelLoadError, match=r"training\.train --exits"):
         specvlm.load(target, draft=f"layerskip:2:{tmp_path}")
     with pytest.raises(specvlm.ConfigError, match="hidden size 64"):
         load_exit(tmp_path / "ex", 1, hidden=32, dtype=torch.float32, device=torch.device("cpu"))

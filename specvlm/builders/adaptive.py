@@ -7,12 +7,11 @@ verification stays exact: a deterministic sibling set is verified with point-mas
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 from ..drafting import DraftSession
 from ..errors import ConfigError
-from .base import TreeBuilder, expand, sized_for_speed, worth_another_level
+from .base import TreeBuilder, draft_levels, expand, sized_for_speed
 from .growing import GrowingTree, StepLimits
 
 
@@ -35,17 +34,14 @@ class DynamicTree(TreeBuilder):
             raise ConfigError(f"DynamicTree needs budget, topk and depth >= 1, got {self}")
 
     def grow(self, tree: GrowingTree, session: DraftSession, limits: StepLimits) -> list[int] | None:
-        started, frontier = time.perf_counter(), [0]
         cap = min(self.budget, limits.max_nodes - 1)
-        for _ in range(min(self.depth, limits.max_depth)):
-            level_started = time.perf_counter()
+
+        def level(frontier: list[int]) -> list[int]:  # the `topk` most probable of the new level grow next
             made = [c for cs in expand(tree, session, frontier, [self.topk] * len(frontier)) for c in cs]
-            if not made:
-                break
-            frontier = tree.ranked(made)[: self.topk]
-            if not worth_another_level(tree, limits, cap, frontier, started, level_started):
-                break
-        return sized_for_speed(tree, limits, cap, time.perf_counter() - started)
+            return tree.ranked(made)[: self.topk]
+
+        draft_s = draft_levels(tree, limits, cap, min(self.depth, limits.max_depth), level)
+        return sized_for_speed(tree, limits, cap, draft_s)
 
 
 @dataclass(frozen=True)
@@ -65,25 +61,25 @@ class OptTree(TreeBuilder):
             raise ConfigError(f"OptTree needs nodes >= 1, max_depth >= 1, threshold >= 0, got {self}")
 
     def grow(self, tree: GrowingTree, session: DraftSession, limits: StepLimits) -> list[int] | None:
-        started = time.perf_counter()
         count = min(self.nodes, limits.max_nodes - 1)
-        frontier, chosen, expected = [0], [], 0.0
-        for _ in range(min(self.max_depth, limits.max_depth)):
-            level_started = time.perf_counter()
+        chosen: list[int] = []  # the best `count` nodes so far (ancestor-closed)
+        expected = 0.0  # their summed path probability, E
+
+        def level(frontier: list[int]) -> list[int]:  # the new level's chosen nodes grow next
+            nonlocal chosen, expected
             made = [c for cs in expand(tree, session, frontier, [count] * len(frontier)) for c in cs]
             if not made:
-                break
+                return []
             layer = sorted(made, key=lambda n: (-tree.logp[n], n))[:count]
             candidate = tree.best(count, among=chosen + layer)
             gain = sum(math.exp(tree.logp[n]) for n in candidate) - expected
             if chosen and gain <= self.threshold:
-                break
+                return []
             chosen = candidate
             expected += gain
-            frontier = [n for n in layer if n in set(chosen)]
-            if not frontier or not worth_another_level(tree, limits, count, frontier, started, level_started):
-                break
+            return [n for n in layer if n in set(chosen)]
+
+        draft_s = draft_levels(tree, limits, count, min(self.max_depth, limits.max_depth), level)
         if limits.speed is None or not chosen:
             return chosen
-        ranked = tree.ranked(chosen)
-        return sorted(ranked[: limits.speed.best_count(tree.gains(ranked), 1000 * (time.perf_counter() - started))])
+        return sized_for_speed(tree, limits, len(chosen), draft_s, among=chosen)

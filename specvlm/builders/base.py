@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 
@@ -35,10 +36,29 @@ class TreeBuilder(ABC):
         return tree.freeze()
 
 
-def sized_for_speed(tree: GrowingTree, limits: StepLimits, cap: int, draft_s: float) -> list[int]:
-    """The `cap` most probable nodes, cut to the count with the most predicted tokens per second when the step
-    has a speed model (ancestor-closed: a child never outranks its parent)."""
-    ranked = tree.ranked()[: max(cap, 0)]
+def draft_levels(
+    tree: GrowingTree, limits: StepLimits, cap: int, levels: int, level: Callable[[list[int]], list[int]]
+) -> float:
+    """The hardware-aware level loop: `level(frontier)` drafts one level below `frontier` (the root first) and
+    returns the next frontier; stop after `levels` levels, at an empty frontier, or when by the step's speed model
+    another level cannot raise the predicted tokens per second of the `cap` most probable nodes. Returns the
+    seconds spent drafting (for `sized_for_speed`)."""
+    started, frontier = time.perf_counter(), [0]
+    for _ in range(levels):
+        level_started = time.perf_counter()
+        frontier = level(frontier)
+        if not frontier or not worth_another_level(tree, limits, cap, frontier, started, level_started):
+            break
+    return time.perf_counter() - started
+
+
+def sized_for_speed(
+    tree: GrowingTree, limits: StepLimits, cap: int, draft_s: float, among: list[int] | None = None
+) -> list[int]:
+    """The `cap` most probable nodes (of `among`, else of the whole tree), cut to the count with the most
+    predicted tokens per second when the step has a speed model (ancestor-closed: a child never outranks its
+    parent)."""
+    ranked = tree.ranked(among)[: max(cap, 0)]
     if limits.speed is not None:
         ranked = ranked[: limits.speed.best_count(tree.gains(ranked), 1000 * draft_s)]
     return sorted(ranked)

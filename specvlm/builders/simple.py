@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from ..drafting import DraftSession
 from ..errors import ConfigError
-from .base import TreeBuilder, expand, sized_for_speed, worth_another_level
+from .base import TreeBuilder, draft_levels, expand, sized_for_speed
 from .growing import GrowingTree, StepLimits
 
 
@@ -38,17 +37,9 @@ class ChainTree(TreeBuilder):
             raise ConfigError(f"ChainTree needs depth >= 1, got {self.depth} (use tree='ar' for no drafting)")
 
     def grow(self, tree: GrowingTree, session: DraftSession, limits: StepLimits) -> list[int] | None:
-        started, node = time.perf_counter(), 0
         cap = min(self.depth, limits.max_depth, limits.max_nodes - 1)
-        for _ in range(cap):
-            level_started = time.perf_counter()
-            made = expand(tree, session, [node], [1])[0]
-            if not made:
-                break
-            node = made[0]
-            if not worth_another_level(tree, limits, cap, [node], started, level_started):
-                break
-        return None if limits.speed is None else sized_for_speed(tree, limits, cap, time.perf_counter() - started)
+        draft_s = draft_levels(tree, limits, cap, cap, lambda tip: expand(tree, session, tip, [1])[0])
+        return None if limits.speed is None else sized_for_speed(tree, limits, cap, draft_s)
 
 
 def template_from_branching(branching: list[int]) -> list[int]:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from ..errors import ConfigError, GrowmapError
 from ..growmap import Growmap, check_parents, load_growmap
-from .simple import TemplateTree
+from .simple import BranchingTree, TemplateTree
 
 #: the shipped default: planned for SmolLM2-135M + the n-gram draft on a CPU (see growmaps/README.md)
 DEFAULT_GROWMAP = "smollm2-ngram-cpu.json"
 GROWMAPS_PACKAGE = "growmaps"
+#: the default static shape until a planned growmap replaces it: wide near the root, a long spine
+DEFAULT_BRANCHING = (4, 2, 2, 1, 1, 1, 1)
 
 
 def shipped_growmap(name: str = DEFAULT_GROWMAP) -> Path | None:
@@ -50,3 +52,9 @@ def StaticTree(
                 "StaticTree(growmap=PATH), or plan one with `python -m growmaps.plan`"
             )
     return TemplateTree(parents=load_growmap(growmap).parents, name="static")
+
+
+def default_static_tree() -> TemplateTree:
+    """The tree `tree="static"` names: the shipped growmap's, or BranchingTree(DEFAULT_BRANCHING) when the
+    `growmaps` package is not installed."""
+    return StaticTree() if shipped_growmap() is not None else BranchingTree(DEFAULT_BRANCHING)
