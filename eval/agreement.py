@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from specvlm.draft_spec import spec_list_arg
 from training.common import split
 from training.selfdistill import read_dataset
 
@@ -38,7 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-share", type=float, default=0.05, help="as given to training.train")
     ap.add_argument("--seed", type=int, default=0, help="as given to training.train")
     ap.add_argument("--limit", type=int, default=40, help="held-out sequences (or bench prompts) scored")
-    ap.add_argument("--drafts", default="trained,layerskip:16,layerskip:24,layerskip:28", help="comma-separated")
+    ap.add_argument(
+        "--drafts",
+        type=spec_list_arg,
+        default="trained,layerskip:16,layerskip:24,layerskip:28",
+        help="comma-separated draft specs",
+    )
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -48,14 +54,13 @@ def main(argv: list[str] | None = None) -> None:
     from specvlm.options import LoadOptions
 
     opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
-    names = [d.strip() for d in args.drafts.split(",") if d.strip()]
-    drafts = {n: build(n, dec.target, opts) for n in names}
+    drafts = {n: build(n, dec.target, opts) for n in args.drafts}
     groups = bench_groups(dec, args) if args.on == "bench" else heldout_group(args)
     rows = []
     for group, (prompts, continuations) in groups.items():
         scores = potentials(dec.target, drafts, prompts, continuations=continuations,
                             max_new_tokens=args.max_new_tokens, batch_size=4)  # fmt: skip
-        for n, s in zip(names, scores, strict=True):
+        for n, s in zip(args.drafts, scores, strict=True):
             m = s.main
             rows.append({"prompts": f"{group} ({len(prompts)})", "draft": n, "agreement": round(m.agreement, 4),
                          "acceptance": round(m.acceptance, 4), "kl": round(m.kl, 3)})  # fmt: skip

@@ -38,6 +38,7 @@ from eval.common import (
 )
 from eval.methods import SPECVLM, Method
 from eval.shard import Placed, join, merge
+from specvlm.draft_spec import spec_list_arg
 
 CLI = "bench"
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted", "hf_early_exit")
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--drafts",
         metavar="A,B",
+        type=spec_list_arg,
         help="compare several drafts on the same target in this run, e.g. 'trained,ngram,trained+ngram' "
         "(methods become specvlm-<tree>[<draft>]; --draft is the first one's default)",
     )
@@ -145,13 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     write_jsonl(records, [])
     decoders: dict[str | None, Any] = {None: dec}  # draft spec (None: the decoder's default) -> decoder
     if args.drafts:
+        from drafters.build import build
         from specvlm import Decoder
-        from specvlm.api import make_drafter
-        from specvlm.models import LoadOptions
+        from specvlm.options import LoadOptions
 
         opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
-        names = [d.strip() for d in args.drafts.split(",") if d.strip()]
-        decoders = {n: Decoder(dec.target, make_drafter(n, dec.target, opts)) for n in names}
+        decoders = {n: Decoder(dec.target, build(n, dec.target, opts)) for n in args.drafts}
     methods = [*(Method(m) for m in hf), *(Method(SPECVLM, t, d) for d in decoders for t in trees)]
     if args.compare_unpacked:
         if dec.target.packed is None:

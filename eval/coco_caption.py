@@ -387,14 +387,15 @@ def caption_sheet(path: Path, items: list[tuple[Path, str]], title: str) -> bool
 
 def decoders(args: argparse.Namespace) -> list[tuple[str, Decoder]]:
     """One decoder per draft (--draft repeated), all sharing the one loaded target."""
-    from specvlm.api import Decoder, make_drafter
-    from specvlm.models import LoadOptions
+    from drafters.build import build
+    from specvlm.api import Decoder
+    from specvlm.options import LoadOptions
 
     embedded = args.target == EMBEDDED_TARGET
     specs: list[str | None] = list(args.draft) if args.draft else (list(EMBEDDED_DRAFTS) if embedded else [None])
     first = load_decoder(argparse.Namespace(**{**vars(args), "draft": specs[0]}))
     opts = LoadOptions(dtype=first.target.dtype, device=first.target.device)
-    decs = [first] + [Decoder(first.target, make_drafter(spec, first.target, opts)) for spec in specs[1:]]
+    decs = [first] + [Decoder(first.target, build(spec, first.target, opts)) for spec in specs[1:]]
     named: list[tuple[str, Decoder]] = []
     for dec in decs:
         name = str(getattr(dec.drafter, "name", type(dec.drafter).__name__))

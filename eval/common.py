@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from specvlm.draft_spec import SPEC_HELP, spec_arg
 from specvlm.tree_kinds import FLAG_TREES, SHAPE_FLAGS, TREE_NAMES, named_kind
 
 if TYPE_CHECKING:
@@ -99,10 +100,8 @@ def add_model_args(parser: argparse.ArgumentParser, *, several_drafts: bool = Fa
         "--draft",
         metavar="DRAFT",
         action="append" if several_drafts else "store",
-        help="draft: 'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), 'trained' (the shipped draft of the "
-        "embedded target), 'A+B[@N]' (a mixture, e.g. trained+ngram), 'layerskip:K[:FOLDER]' (the target's first K "
-        "layers, shared weights; FOLDER or 'trained': a trained exit), 'embedded', or a folder, .gguf file or hub id "
-        "of a small LM with the target's tokenizer"
+        type=spec_arg,
+        help=f"draft: {SPEC_HELP}"
         + (" (repeat for several drafts)" if several_drafts else " (default: the decoder's default draft)"),
     )
     group.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
@@ -274,24 +273,11 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def check_draft(draft: str | None) -> None:
-    """Catch a malformed 'ngram:N' before any weights load."""
-    if draft is not None and draft.endswith("+followers"):
-        draft = draft.removesuffix("+followers") or None
-    if draft is None or not draft.startswith("ngram") or Path(draft).exists():
-        return
-    if draft != "ngram" and not (draft.startswith("ngram:") and draft[6:].isdigit() and int(draft[6:]) >= 1):
-        import specvlm
-
-        raise specvlm.ConfigError(f"--draft {draft!r}: write 'ngram' or 'ngram:N' with N >= 1, e.g. ngram:3")
-
-
 def load_decoder(args: argparse.Namespace) -> Decoder:
     """specvlm.load with the model flags of `add_model_args` (--device-map reaches it as `device_map`; under a
     multi-process launch on GPUs each process takes its own GPU unless --device or --device-map says otherwise)."""
     import specvlm
 
-    check_draft(args.draft)
     draft = args.draft
     if getattr(args, "followers", False):
         draft = f"{draft or ''}+followers"

@@ -37,6 +37,7 @@ from eval.common import (
     write_jsonl,
 )
 from eval.methods import SPECVLM, Method
+from specvlm.draft_spec import spec_list_arg
 
 CLI = "specbench"
 SAMPLE = Path(__file__).parent / "data" / "specbench_sample.jsonl"
@@ -203,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--categories", help="comma-separated categories or subtasks to keep (default: all)")
     parser.add_argument("--trees", default="dynamic", help=f"comma-separated trees from {', '.join(TREE_CHOICES)}")
     parser.add_argument(
-        "--drafts", metavar="A,B", help="comma-separated drafts to compare (default: the decoder's default draft)"
+        "--drafts",
+        metavar="A,B",
+        type=spec_list_arg,
+        help="comma-separated drafts to compare (default: the decoder's default draft)",
     )
     parser.add_argument(
         "--hf", default=BASELINE, help="comma-separated HF baselines (hf_generate always runs first, as the baseline)"
@@ -239,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     decoders: dict[str | None, Any] = {None: dec}
     drafts: list[str | None] = [None]
     if args.drafts:
+        from drafters.build import build
         from specvlm import Decoder
-        from specvlm.api import make_drafter
-        from specvlm.models import LoadOptions
+        from specvlm.options import LoadOptions
 
         opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
-        drafts = [d.strip() for d in args.drafts.split(",") if d.strip()]
+        drafts = list(args.drafts)
         for d in drafts:
-            decoders[d] = Decoder(dec.target, make_drafter(d, dec.target, opts))
+            decoders[d] = Decoder(dec.target, build(d, dec.target, opts))
     hf = [BASELINE, *(m.strip() for m in args.hf.split(",") if m.strip() and m.strip() != BASELINE)]
     methods = [Method(m) for m in hf]
     for d in drafts:
