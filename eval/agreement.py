@@ -27,7 +27,7 @@ CLI = "python -m eval.agreement"
 
 def main(argv: list[str] | None = None) -> None:
     import specvlm
-    from eval.common import markdown_table
+    from eval.results import markdown_table
     from specvlm.potential import potentials
 
     ap = argparse.ArgumentParser(prog=CLI, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

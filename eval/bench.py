@@ -19,24 +19,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from eval.args import TREE_CHOICES, add_io_args, add_model_args, check_sampling
 from eval.cnn_text import load_articles, prompt_text
-from eval.common import (
-    TREE_CHOICES,
-    add_io_args,
-    add_model_args,
-    check_sampling,
-    hf_run,
-    load_decoder,
-    markdown_table,
-    pyplot,
-    result_paths,
-    run_cli,
-    save_figure,
-    select_range,
-    write_json,
-    write_jsonl,
-)
+from eval.common import hf_run, load_decoder, run_cli, select_range
 from eval.methods import SPECVLM, Method
+from eval.results import markdown_table, pyplot, result_paths, save_figure, write_json, write_jsonl
 from eval.shard import Placed, join, merge
 from specvlm.draft_spec import spec_list_arg
 
@@ -137,8 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     bad += [m for m in hf if m not in HF_METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}: trees are {TREE_CHOICES}, HF baselines {HF_METHODS}")
-    from specvlm.trees import at_fixed_size, make_tree
-
     out, jsonl = result_paths(args, CLI)
     shard = join(args.device)  # under `accelerate launch`: this process's share of the prompts
     dec = load_decoder(args)
@@ -153,16 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
         decoders = {n: Decoder(dec.target, build(n, dec.target, opts)) for n in args.drafts}
-    methods = [*(Method(m) for m in hf), *(Method(SPECVLM, t, d) for d in decoders for t in trees)]
-    if args.compare_unpacked:
-        if dec.target.packed is None:
-            raise ValueError("--compare-unpacked: this target is not packed (see --pack-linears)")
-        methods += [dataclasses.replace(m, packed=False) for m in methods if m.hf is None]
-    if args.compare_fixed and args.fixed_size:
-        raise ValueError("--compare-fixed adds fixed-size rows to sized ones: drop --fixed-size")
-    if args.compare_fixed:
-        sized = [m for m in methods if m.tree is not None and make_tree(m.tree).hardware_aware]
-        methods += [dataclasses.replace(m, fixed=True) for m in sized]
+    methods = select_methods(args, dec, hf, trees, list(decoders))
     # sums, profiles and skips by label (the rows' and records' method name; what the shards merge)
     totals: dict[str, dict[str, float]] = {
         m.label: {"tokens": 0, "seconds": 0.0, "calls": 0, "identical": 0} for m in methods
@@ -182,39 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         reference: list[int] | None = None
         for method in methods:
             label = method.label
-            if method.hf is not None:
-                got = hf_run(
-                    dec,
-                    method.hf,
-                    ids,
-                    max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature,
-                    top_p=args.top_p,
-                    prompt_lookup_tokens=args.prompt_lookup_tokens,
-                    early_exit=args.early_exit,
-                )
-                if got is None:
-                    skipped.add(label)
-                    continue
-                tokens, seconds = got
-                calls = len(tokens) if method.hf == "hf_generate" else 0
-            else:
-                assert method.tree is not None  # a specvlm method
-                fixed = args.fixed_size or method.fixed
-                tree = at_fixed_size(make_tree(method.tree)) if fixed else method.tree
-                with contextlib.nullcontext() if method.packed else dec.target.unpacked():
-                    gen = decoders[method.draft].generate(
-                        prompt=ids,
-                        max_new_tokens=args.max_new_tokens,
-                        tree=tree,
-                        temperature=args.temperature,
-                        top_p=args.top_p,
-                        seed=args.seed,
-                    )
-                tokens, seconds, calls = gen.tokens, gen.stats.seconds, gen.stats.target_calls
-                for part, secs in gen.stats.split().items():
-                    profile.setdefault(label, {}).setdefault(part, 0.0)
-                    profile[label][part] += secs
+            run = run_method(method, args, dec, decoders, ids)
+            if run is None:
+                skipped.add(label)
+                continue
+            tokens, seconds, calls, parts = run
+            for part, secs in parts.items():
+                profile.setdefault(label, {}).setdefault(part, 0.0)
+                profile[label][part] += secs
             if method.hf == "hf_generate":
                 reference = tokens
             same = reference is not None and tokens == reference
@@ -237,24 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if merged is None:
         return 0  # another process reports
     totals, profile, skipped = merged
-    base = totals.get("hf_generate")
-    base_rate = base["tokens"] / base["seconds"] if base and base["seconds"] else None
-    rows = []
-    for label in (m.label for m in methods):
-        if label in skipped:
-            continue
-        t = totals[label]
-        rate = t["tokens"] / t["seconds"] if t["seconds"] else 0.0
-        rows.append(
-            {
-                "method": label,
-                "tokens_per_second": round(rate, 3),
-                "speedup": round(rate / base_rate, 3) if base_rate else None,
-                "tokens_per_call": round(t["tokens"] / t["calls"], 3) if t["calls"] else None,
-                "identical": (f"{int(t['identical'])}/{len(prompts)}" if args.temperature == 0 and base else None),
-                "new_tokens": int(t["tokens"]),
-            }
-        )
+    rows = summary_rows([m.label for m in methods if m.label not in skipped], totals, len(prompts), args.temperature)
     print(
         markdown_table(rows, ["method", "tokens_per_second", "speedup", "tokens_per_call", "identical", "new_tokens"])
     )
@@ -272,6 +206,86 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, summary, overwrite=args.overwrite)
         _plot(rows, Path(args.plot) if args.plot else out.with_suffix(".png"))
     return 0
+
+
+def select_methods(
+    args: argparse.Namespace, dec: Any, hf: list[str], trees: list[str], drafts: list[str | None]
+) -> list[Method]:
+    """The HF baselines, then every tree with every draft; with --compare-unpacked / --compare-fixed each specvlm
+    method again with plain weights / at its fixed size."""
+    from specvlm.trees import make_tree
+
+    methods = [*(Method(m) for m in hf), *(Method(SPECVLM, t, d) for d in drafts for t in trees)]
+    if args.compare_unpacked:
+        if dec.target.packed is None:
+            raise ValueError("--compare-unpacked: this target is not packed (see --pack-linears)")
+        methods += [dataclasses.replace(m, packed=False) for m in methods if m.hf is None]
+    if args.compare_fixed and args.fixed_size:
+        raise ValueError("--compare-fixed adds fixed-size rows to sized ones: drop --fixed-size")
+    if args.compare_fixed:
+        sized = [m for m in methods if m.tree is not None and make_tree(m.tree).hardware_aware]
+        methods += [dataclasses.replace(m, fixed=True) for m in sized]
+    return methods
+
+
+def run_method(
+    method: Method, args: argparse.Namespace, dec: Any, decoders: dict[str | None, Any], ids: list[int]
+) -> tuple[list[int], float, int, dict[str, float]] | None:
+    """One prompt with one method (`dec`: the loaded decoder, for the HF baselines; `decoders`: by draft spec):
+    (new tokens, seconds, target calls, seconds by part of the step), or None when an HF baseline cannot run with
+    this draft."""
+    from specvlm.trees import at_fixed_size, make_tree
+
+    if method.hf is not None:
+        got = hf_run(
+            dec,
+            method.hf,
+            ids,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            prompt_lookup_tokens=args.prompt_lookup_tokens,
+            early_exit=args.early_exit,
+        )
+        if got is None:
+            return None
+        tokens, seconds = got
+        return tokens, seconds, (len(tokens) if method.hf == "hf_generate" else 0), {}
+    assert method.tree is not None  # a specvlm method
+    tree = at_fixed_size(make_tree(method.tree)) if args.fixed_size or method.fixed else method.tree
+    with contextlib.nullcontext() if method.packed else dec.target.unpacked():
+        gen = decoders[method.draft].generate(
+            prompt=ids,
+            max_new_tokens=args.max_new_tokens,
+            tree=tree,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    return gen.tokens, gen.stats.seconds, gen.stats.target_calls, gen.stats.split()
+
+
+def summary_rows(
+    labels: list[str], totals: dict[str, dict[str, float]], prompts: int, temperature: float
+) -> list[dict[str, Any]]:
+    """One table row per method: tokens/s, speedup over HF generate, tokens per call, identical outputs."""
+    base = totals.get("hf_generate")
+    base_rate = base["tokens"] / base["seconds"] if base and base["seconds"] else None
+    rows = []
+    for label in labels:
+        t = totals[label]
+        rate = t["tokens"] / t["seconds"] if t["seconds"] else 0.0
+        rows.append(
+            {
+                "method": label,
+                "tokens_per_second": round(rate, 3),
+                "speedup": round(rate / base_rate, 3) if base_rate else None,
+                "tokens_per_call": round(t["tokens"] / t["calls"], 3) if t["calls"] else None,
+                "identical": (f"{int(t['identical'])}/{prompts}" if temperature == 0 and base else None),
+                "new_tokens": int(t["tokens"]),
+            }
+        )
+    return rows
 
 
 PROFILE_COLUMNS = ["method", "draft_ms", "target_ms", "verify_ms", "cache_ms", "other_ms", "step_ms", "overhead"]

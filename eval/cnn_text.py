@@ -15,24 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from eval.common import (
-    Totals,
+from eval.args import (
     add_io_args,
     add_model_args,
     add_tree_args,
     check_sampling,
     cli_parser,
-    describe_tree,
-    load_decoder,
-    markdown_table,
     positive_int,
-    result_paths,
-    run_cli,
-    select_range,
     tree_from_args,
-    write_json,
-    write_jsonl,
 )
+from eval.common import Totals, load_decoder, run_cli, select_range
+from eval.results import describe_tree, markdown_table, result_paths, write_json, write_jsonl
 from eval.shard import Placed, join, merge
 
 if TYPE_CHECKING:

@@ -19,24 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from eval.common import (
-    Totals,
-    add_io_args,
-    add_model_args,
-    add_tree_args,
-    check_sampling,
+from eval.args import add_io_args, add_model_args, add_tree_args, check_sampling, cli_parser, tree_from_args
+from eval.common import Totals, hf_run, load_decoder, run_cli, select_range
+from eval.results import (
     check_writable,
-    cli_parser,
     describe_tree,
-    hf_run,
-    load_decoder,
     markdown_table,
     pyplot,
     result_paths,
-    run_cli,
     save_figure,
-    select_range,
-    tree_from_args,
     write_json,
     write_jsonl,
 )

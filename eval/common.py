@@ -1,276 +1,28 @@
-"""Shared pieces of the eval CLIs: argument groups, loading, error handling, result files and tables.
+"""What the eval CLIs share at run time: loading the decoder, totals over samples, error handling, HF baselines.
 
 specvlm (and with it torch and transformers) is imported only inside the functions that need it, so `--help` and
-argument mistakes answer at once instead of after a ten-second import.
+argument mistakes answer at once instead of after a ten-second import. Argument groups live in `eval.args`, result
+files, tables and plots in `eval.results`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import math
+import platform
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from specvlm.draft_spec import SPEC_HELP, spec_arg
-from specvlm.tree_kinds import FLAG_TREES, SHAPE_FLAGS, TREE_NAMES, named_kind
-
 if TYPE_CHECKING:
-    from specvlm import Decoder, Generation, TreeBuilder
+    from specvlm import Decoder, Generation
+    from specvlm.models import TargetModel
+
 
 T = TypeVar("T")
-
-#: the --tree names, from the registry in specvlm.tree_kinds (torch-free, so building a parser imports no torch)
-TREE_CHOICES = TREE_NAMES
-
-#: which trees each tree-shape flag applies to (argparse dest -> tree names)
-TREE_FLAGS: dict[str, tuple[str, ...]] = FLAG_TREES
-
-
-# -- argument types ------------------------------------------------------------------------------------------------
-def positive_int_list(text: str) -> list[int]:
-    """'3,1,1' -> [3, 1, 1], in the given order (e.g. a static tree's children per node at each level)."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, e.g. 3,1,1: {text!r}")
-    return values
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def cli_parser(cli: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    """The parser of `python -m eval.<cli>`: description and examples kept as written, no abbreviated flags."""
-    return argparse.ArgumentParser(
-        prog=f"python -m eval.{cli}",
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-
-
-# -- argument groups -----------------------------------------------------------------------------------------------
-def add_model_args(parser: argparse.ArgumentParser, *, several_drafts: bool = False) -> None:
-    """--target, --draft, --dtype, --device, --device-map, --threads, --trust-remote-code (None = embedded defaults).
-    With `several_drafts`, --draft may be repeated (a list, None when not given)."""
-    group = parser.add_argument_group("models")
-    group.add_argument(
-        "--target",
-        metavar="MODEL",
-        help="target model: hub id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)",
-    )
-    group.add_argument(
-        "--draft",
-        metavar="DRAFT",
-        action="append" if several_drafts else "store",
-        type=spec_arg,
-        help=f"draft: {SPEC_HELP}"
-        + (" (repeat for several drafts)" if several_drafts else " (default: the decoder's default draft)"),
-    )
-    group.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
-    group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    group.add_argument("--device-map", metavar="MAP", help="accelerate device map for large targets, e.g. 'auto'")
-    group.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's choice)")
-    group.add_argument(
-        "--trust-remote-code", action="store_true", help="allow model code from the hub (only for models you trust)"
-    )
-    group.add_argument(
-        "--pack-linears",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="CPU float32: tree forwards multiply by oneDNN-packed weights, so a tree of 8-16 tokens costs about "
-        "one token's forward (auto: on for CPU float32 targets with <= 4 GiB of linear weights; default auto)",
-    )
-
-
-#: the seeds' --mode values and the tree each one names (auto: the decoder's default tree)
-SEED_MODES = {"stree": "static", "dtree": "dynamic", "auto": None}
-
-
-def seed_mode(text: str) -> str | None:
-    """--mode sTree|dTree|auto (Dynasurge's flag) as a tree name."""
-    key = text.strip().lower()
-    if key not in SEED_MODES:
-        raise argparse.ArgumentTypeError(f"invalid mode {text!r}: use sTree (static), dTree (dynamic) or auto")
-    return SEED_MODES[key]
-
-
-#: the argument type of each kind of shape-flag value (specvlm.tree_kinds.ShapeFlag.value)
-_FLAG_TYPES: dict[str, Callable[[str], Any]] = {
-    "positive_int": positive_int,
-    "positive_int_list": positive_int_list,
-    "non_negative_float": non_negative_float,
-}
-
-
-def add_tree_args(parser: argparse.ArgumentParser) -> None:
-    """--tree and its shape flags, and the sampling flags --T/--temperature, --P/--top-p, --seed."""
-    group = parser.add_argument_group("tree and sampling")
-    group.add_argument(
-        "--tree",
-        choices=TREE_CHOICES,
-        help="draft tree shape (default: the decoder's default; a shape flag alone picks its tree)",
-    )
-    group.add_argument("--growmap", metavar="PATH", help="static tree from a growmap file (JSON, or Sequoia .pt)")
-    for flag in SHAPE_FLAGS:  # the registry's shape flags: --depth, --B, --nodes, --threshold, --max-depth, ...
-        group.add_argument(
-            *flag.options, dest=flag.dest, type=_FLAG_TYPES[flag.value], metavar=flag.metavar, help=flag.help
-        )
-    group.add_argument(
-        "--mode",
-        dest="tree",
-        type=seed_mode,
-        metavar="sTree|dTree|auto",
-        help="Dynasurge/Sequoia spelling of --tree: sTree = static, dTree = dynamic, auto = the decoder's default",
-    )
-    group.add_argument(
-        "--fixed-size",
-        action="store_true",
-        help="chain, dynamic and opt trees: always draft --depth / --B / --nodes instead of sizing each greedy tree "
-        "for tokens/s from the target's measured forward cost (cached under $SPECVLM_CACHE/costs)",
-    )
-    group.add_argument(
-        "--T",
-        "--temperature",
-        dest="temperature",
-        type=non_negative_float,
-        default=0.0,
-        metavar="FLOAT",
-        help="sampling temperature; 0 = greedy (default: 0)",
-    )
-    group.add_argument(
-        "--P",
-        "--top-p",
-        dest="top_p",
-        type=float,
-        default=1.0,
-        metavar="FLOAT",
-        help="nucleus sampling mass in (0, 1] (default: 1.0)",
-    )
-    group.add_argument("--seed", type=int, help="random seed for sampling (default: fresh randomness)")
-    group.add_argument(
-        "--followers",
-        action="store_true",
-        help="add the target's remembered follower tokens to the draft (lossless: they enter before scoring)",
-    )
-    group.add_argument(
-        "--use-bfs",
-        "--use_bfs",
-        action="store_true",
-        help="accepted for Dynasurge compatibility: verification always tries every sibling of a node losslessly "
-        "(greedy: the target's argmax among all children; sampling: recursive rejection over siblings); ETV's lossy "
-        "multi-sibling acceptance is not offered",
-    )
-
-
-def add_io_args(parser: argparse.ArgumentParser) -> None:
-    """--limit/--start/--end, --max-new-tokens, --out/--jsonl/--overwrite and --debug."""
-    group = parser.add_argument_group("samples and output")
-    group.add_argument("--limit", type=positive_int, metavar="N", help="run at most N samples")
-    group.add_argument("--start", type=non_negative_int, default=0, metavar="I", help="first sample index (default 0)")
-    group.add_argument("--end", type=non_negative_int, metavar="I", help="stop before this sample index")
-    group.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="default: 128")
-    group.add_argument("--out", metavar="FILE", help="write the JSON summary here")
-    group.add_argument(
-        "--jsonl",
-        metavar="FILE",
-        help="per-sample records (default: next to --out with .jsonl, else results/<cli>-<timestamp>.jsonl)",
-    )
-    group.add_argument("--overwrite", action="store_true", help="replace existing result files")
-    group.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-
-
-# -- specvlm objects from arguments --------------------------------------------------------------------------------
-def tree_from_args(args: argparse.Namespace) -> TreeBuilder | str | None:
-    """A builder when shape flags (or --fixed-size) are given, else the tree name (None = the decoder's default)."""
-    import specvlm
-    from specvlm.trees import at_fixed_size, make_tree
-
-    tree = _shaped_tree(args)
-    if not getattr(args, "fixed_size", False):
-        return tree
-    builder = None if tree is None else make_tree(tree)
-    if builder is None or not builder.hardware_aware:
-        raise specvlm.ConfigError("--fixed-size is for --tree chain, dynamic or opt: name one of them with --tree")
-    return at_fixed_size(builder)
-
-
-def _shaped_tree(args: argparse.Namespace) -> TreeBuilder | str | None:
-    import specvlm
-
-    name: str | None = args.tree
-    given = [key for key in TREE_FLAGS if getattr(args, key, None) is not None]
-    if args.growmap is not None:
-        if name not in (None, "static") or given:
-            raise specvlm.ConfigError("--growmap makes a static tree: drop --tree and the other tree shape flags")
-        static = getattr(specvlm, "StaticTree", None)
-        if static is None:
-            raise specvlm.ConfigError("--growmap needs the growmaps feature, which this specvlm version lacks")
-        return static(growmap=args.growmap)
-    if not given:
-        return name
-    if name is None:
-        owners = set(TREE_CHOICES).intersection(*(TREE_FLAGS[key] for key in given))
-        if len(owners) != 1:
-            flags = ", ".join(_flag(key) for key in given)
-            raise specvlm.ConfigError(f"{flags}: say which tree they shape with --tree {'/'.join(sorted(owners))}")
-        name = owners.pop()
-    for key in given:
-        if name not in TREE_FLAGS[key]:
-            raise specvlm.ConfigError(
-                f"{_flag(key)} does not shape --tree {name}: it is for --tree {TREE_FLAGS[key][0]}"
-            )
-    kind = named_kind(name)
-    assert kind is not None, name  # --tree's choices are the registry's names
-    return kind.from_flags({key: getattr(args, key) for key in given})
-
-
-def check_sampling(args: argparse.Namespace) -> None:
-    """Validate --T / --P / --seed before any weights load (specvlm.Sampling owns the rules)."""
-    import specvlm
-
-    specvlm.Sampling(args.temperature, args.top_p, args.seed)
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
 
 
 def load_decoder(args: argparse.Namespace) -> Decoder:
@@ -299,23 +51,6 @@ def load_decoder(args: argparse.Namespace) -> Decoder:
         trust_remote_code=args.trust_remote_code,
         pack_linears={"auto": None, "on": True, "off": False}[getattr(args, "pack_linears", "auto")],
     )
-
-
-def describe_tree(builder: object) -> str:
-    """'opt(nodes=24, threshold=0.3, max_depth=8)': a builder's name and shape, for tables and configs."""
-    name = str(getattr(builder, "name", type(builder).__name__))
-    if not dataclasses.is_dataclass(builder):
-        return name
-    parts = []
-    for f in dataclasses.fields(builder):
-        if f.name in ("name", "samples_children"):
-            continue
-        value = getattr(builder, f.name)
-        if f.name == "parents" and isinstance(value, tuple):
-            parts.append(f"nodes={len(value)}")
-        else:
-            parts.append(f"{f.name}={value}")
-    return f"{name}({', '.join(parts)})" if parts else name
 
 
 # -- totals over samples ---------------------------------------------------------------------------------------------
@@ -406,106 +141,6 @@ def select_range(items: Sequence[T], start: int = 0, end: int | None = None, lim
     return [items[i] for i in range(start, stop)]
 
 
-# -- result files --------------------------------------------------------------------------------------------------
-def result_paths(args: argparse.Namespace, cli: str) -> tuple[Path | None, Path]:
-    """(JSON summary or None, JSONL records); refuses existing files unless --overwrite."""
-    out = Path(args.out) if args.out else None
-    if args.jsonl:
-        jsonl = Path(args.jsonl)
-    elif out is not None:
-        jsonl = out.with_suffix(".jsonl")
-    else:
-        jsonl = Path("results") / f"{cli}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    if out is not None and out.resolve() == jsonl.resolve():
-        raise ValueError(f"--out and --jsonl are the same file ({out}): give them different names")
-    for path in (out, jsonl):
-        if path is not None:
-            check_writable(path, args.overwrite)
-    return out, jsonl
-
-
-def check_writable(path: Path, overwrite: bool) -> None:
-    if path.is_dir():
-        raise FileExistsError(f"{path} is a folder: give a file name")
-    if path.exists() and not overwrite:
-        import specvlm
-
-        raise specvlm.SpecVLMError(f"{path} already exists: pass --overwrite to replace it, or choose another name")
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return describe_tree(value)
-    return repr(value)
-
-
-def write_json(path: str | Path, obj: Any, overwrite: bool) -> None:
-    path = Path(path)
-    check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]], *, append: bool = False) -> None:
-    """One JSON object per line; `append=True` adds to the file (records survive an interrupted run)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a" if append else "w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
-
-
-# -- plots ---------------------------------------------------------------------------------------------------------
-def pyplot() -> Any | None:
-    """matplotlib.pyplot on the Agg backend, or None (with a note) when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib not installed, no plot (pip install matplotlib)", file=sys.stderr)
-        return None
-    return plt
-
-
-def save_figure(fig: Any, path: Path) -> None:
-    """Lay out, write as PNG, close, and say where it went."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"plot: {path}", file=sys.stderr)
-
-
-# -- tables --------------------------------------------------------------------------------------------------------
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2f}" if math.isfinite(value) else str(value)
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A GitHub markdown table; floats get 2 decimals, missing values '-'. Numbers align right."""
-    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
-    width = [max([len(col), 3, *(len(r[i]) for r in cells)]) for i, col in enumerate(columns)]
-    numeric = [all(isinstance(row.get(col), (int, float)) or row.get(col) is None for row in rows) for col in columns]
-
-    def line(values: list[str]) -> str:
-        padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, width, numeric, strict=True)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(
-        ("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(width, numeric, strict=True)
-    )
-    return "\n".join([line(columns), rule + "|", *(line(r) for r in cells)])
-
-
 # -- HF baselines --------------------------------------------------------------------------------------------------
 def hf_run(
     dec: Decoder,
@@ -556,3 +191,21 @@ def hf_run(
     new = out[0, len(ids) :].tolist()
     end = next((i for i, t in enumerate(new) if t in dec.target.eos), None)
     return (new if end is None else new[: end + 1]), seconds
+
+
+def hardware(target: TargetModel) -> str:
+    """The machine a figure was measured on: the GPU's name, or the CPU model and torch threads; and the dtype."""
+    import torch
+
+    dtype = str(target.dtype).replace("torch.", "")
+    if target.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(target.device)}, {dtype}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} torch thread(s), {dtype}"

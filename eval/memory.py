@@ -25,18 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eval.common import (
-    add_model_args,
-    check_writable,
-    cli_parser,
-    load_decoder,
-    markdown_table,
-    positive_int,
-    pyplot,
-    run_cli,
-    save_figure,
-    write_json,
-)
+from eval.args import add_model_args, cli_parser, positive_int
+from eval.common import load_decoder, run_cli
+from eval.results import check_writable, markdown_table, pyplot, save_figure, write_json
 
 CLI = "memory"
 PROMPT = "Write the numbers from 1 to 2000 separated by commas."

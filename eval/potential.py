@@ -18,24 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from eval.args import TREE_CHOICES, add_io_args, add_model_args, cli_parser, non_negative_float, positive_int
 from eval.cnn_text import add_data_args, load_articles, prompt_text
-from eval.common import (
-    TREE_CHOICES,
-    Totals,
-    add_io_args,
-    add_model_args,
-    cli_parser,
-    load_decoder,
-    markdown_table,
-    non_negative_float,
-    positive_int,
-    pyplot,
-    result_paths,
-    run_cli,
-    save_figure,
-    write_json,
-    write_jsonl,
-)
+from eval.common import Totals, load_decoder, run_cli
+from eval.results import markdown_table, pyplot, result_paths, save_figure, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from specvlm import Decoder

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from eval.common import write_jsonl
+from eval.results import write_jsonl
 
 T = TypeVar("T")
 D = TypeVar("D")

@@ -21,22 +21,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from eval.common import (
-    TREE_CHOICES,
-    add_io_args,
-    add_model_args,
-    hf_run,
-    load_decoder,
-    markdown_table,
-    pyplot,
-    result_paths,
-    run_cli,
-    save_figure,
-    select_range,
-    write_json,
-    write_jsonl,
-)
+from eval.args import TREE_CHOICES, add_io_args, add_model_args
+from eval.common import hf_run, load_decoder, run_cli, select_range
 from eval.methods import SPECVLM, Method
+from eval.results import markdown_table, pyplot, result_paths, save_figure, write_json, write_jsonl
 from specvlm.draft_spec import spec_list_arg
 
 CLI = "specbench"

@@ -13,17 +13,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from eval.args import add_io_args, add_model_args, positive_int_list
 from eval.bench import load_prompts
-from eval.common import (
-    add_io_args,
-    add_model_args,
-    load_decoder,
-    markdown_table,
-    positive_int_list,
-    result_paths,
-    run_cli,
-    write_json,
-)
+from eval.common import load_decoder, run_cli
+from eval.results import markdown_table, result_paths, write_json
 from specvlm.builders import Autoregressive, ChainTree, DynamicTree, TreeBuilder
 from specvlm.trees import at_fixed_size
 

@@ -32,18 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.common import (
-    check_writable,
-    cli_parser,
-    markdown_table,
-    positive_int,
-    pyplot,
-    run_cli,
-    save_figure,
-    write_json,
-)
-from growmaps.measure import hardware
-from growmaps.plan import size_list
+from eval.args import cli_parser, positive_int, size_list
+from eval.common import hardware, run_cli
+from eval.results import check_writable, markdown_table, pyplot, save_figure, write_json
 
 if TYPE_CHECKING:
     import torch

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -30,18 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from eval.args import add_model_args, non_negative_int, positive_int, size_list
 from eval.cnn_text import BUNDLED, prompt_text
-from eval.common import (
-    add_model_args,
-    check_writable,
-    load_decoder,
-    markdown_table,
-    non_negative_int,
-    positive_int,
-    run_cli,
-    select_range,
-)
-from growmaps.plan import size_list
+from eval.common import hardware, load_decoder, run_cli, select_range
+from eval.results import check_writable, markdown_table
 from specvlm.drafting import DraftContext
 
 if TYPE_CHECKING:
@@ -133,23 +124,6 @@ def target_costs(target: TargetModel, sizes: list[int], prefix: int, reps: int, 
     cache = GrowingCache(target.model.config)  # the engine's cache, so the costs are the engine's
     target.prefill(torch.randint(0, target.vocab_size, (prefix,), generator=gen).tolist(), cache)
     return tree_costs(target, cache, sizes, reps, gen)
-
-
-def hardware(target: TargetModel) -> str:
-    import torch
-
-    dtype = str(target.dtype).replace("torch.", "")
-    if target.device.type == "cuda":
-        return f"{torch.cuda.get_device_name(target.device)}, {dtype}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} torch thread(s), {dtype}"
 
 
 def load_articles(path: str, start: int, limit: int) -> list[dict[str, Any]]:

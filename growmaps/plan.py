@@ -48,7 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from eval.common import check_writable, markdown_table, positive_int, run_cli
+from eval.args import positive_int, size_list
+from eval.common import run_cli
+from eval.results import check_writable, markdown_table
 from specvlm.errors import ConfigError
 from specvlm.growmap import PROVENANCE_KEYS, node_depths, save_growmap
 
@@ -238,16 +240,6 @@ def choose(planner: Planner, sizes: Sequence[int], costs: Costs) -> list[Choice]
 
 
 # -- CLI ----------------------------------------------------------------------------------------------------------
-def size_list(text: str) -> list[int]:
-    try:
-        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 4,8,16,32,64, got {text!r}") from None
-    if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be integers >= 1, got {text!r}")
-    return sizes
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m {CLI}",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import specvlm
+from eval.args import tree_from_args
 from eval.cnn_text import build_parser
-from eval.common import tree_from_args
 
 
 def tree_of(*argv: str) -> specvlm.TreeBuilder | str | None:

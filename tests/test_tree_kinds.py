@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import specvlm
-from eval.common import TREE_CHOICES, TREE_FLAGS
+from eval.args import TREE_CHOICES, TREE_FLAGS
 from eval.methods import SPECVLM, Method
 from specvlm.tree_kinds import FLAG_TREES, SHAPE_FLAGS, TREE_KINDS, TREE_NAMES, tree_kind
 from specvlm.trees import make_tree, tree_from_spec
