@@ -465,16 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     shard = join(args.device)  # under `accelerate launch`: this process's share of the images
     decs = decoders(args)
     dec = decs[0][1]
-    image_token = dec.target.image_token_id
-    if image_token is None:
-        raise specvlm.ConfigError(
-            f"--target {args.target} is a text-only model: {CLI} needs a vision-language (llava) target"
-        )
-    if dec.target.processor is None:
-        raise specvlm.ConfigError(
-            f"--target {args.target} has no processor (preprocessor_config.json / processor_config.json): save the "
-            "model's processor into the folder with processor.save_pretrained"
-        )
+    image_token = check_vlm_target(dec, args.target)
     from specvlm.trees import make_tree
     from specvlm.vlm import load_image
 
@@ -535,7 +526,21 @@ def main(argv: list[str] | None = None) -> int:
     merged = merge(shard, jsonl, placed, runs)  # the main process gets every shard's records and sums
     if merged is None:
         return 0  # another process reports
-    runs = merged
+    return report(merged, decs, trees, args, samples, (jsonl, out, plot, sheet))
+
+
+def report(
+    runs: Runs,
+    decs: list[tuple[str, Any]],
+    trees: dict[str, str],
+    args: argparse.Namespace,
+    samples: list[Sample],
+    paths: tuple[Path, Path | None, Path, Path],
+) -> int:
+    """On the main process: the tables, plots, caption sheet and summary file of the merged runs; 1 when no image
+    could be captioned."""
+    jsonl, out, plot, sheet = paths
+    dec = decs[0][1]
     first_name = decs[0][0]
     run = runs.runs[first_name]
 
@@ -588,6 +593,23 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: no image could be captioned", file=sys.stderr)
         return 1
     return 0
+
+
+def check_vlm_target(dec: Any, target: str) -> int:
+    """The target's image token; ConfigError for a text-only target or one without a processor."""
+    import specvlm
+
+    image_token = dec.target.image_token_id
+    if image_token is None:
+        raise specvlm.ConfigError(
+            f"--target {target} is a text-only model: {CLI} needs a vision-language (llava) target"
+        )
+    if dec.target.processor is None:
+        raise specvlm.ConfigError(
+            f"--target {target} has no processor (preprocessor_config.json / processor_config.json): save the "
+            "model's processor into the folder with processor.save_pretrained"
+        )
+    return int(image_token)
 
 
 def root_file(samples: list[Sample], image_id: int) -> Path:

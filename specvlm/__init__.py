@@ -7,6 +7,7 @@ The names below load on first use (PEP 562), so torch-free modules such as `spec
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 #: public name -> the module that defines it
@@ -47,8 +48,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'specvlm' has no attribute {name!r}")
+    if name not in _WHERE:  # a submodule (`specvlm.embedded`) is imported on first use, as an eager package would
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'specvlm' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
     value = getattr(importlib.import_module(_WHERE[name], __name__), name)
     globals()[name] = value
     return value

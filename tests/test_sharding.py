@@ -16,7 +16,6 @@ import pytest
 from conftest import perturbed_copy, tiny_llama
 
 import specvlm
-import specvlm.embedded
 from eval.shard import Shard, add_up, in_order, join, merge
 
 ROOT = Path(__file__).resolve().parents[1]
