@@ -32,10 +32,13 @@ CLI = "potential"
 #: the default drafts are layer-skip drafts of these depths of the embedded 30-layer target (scaled for others)
 EMBEDDED_LAYERS = 30
 LAYER_SKIPS = (8, 16, 24, 28, 29)
-#: the quick default (a plain run, no --full): this many articles and these depths (a weak, a middle and the
-#: strongest layer-skip draft, so the ranking still spans the range), and the trained draft; every draft decodes
-#: every article, so the full study grows with articles x drafts
+#: new tokens per article of the full study (--full)
+FULL_NEW_TOKENS = 64
+#: the quick default (a plain run, no --full): this many articles, this many new tokens each, and these depths (a
+#: weak, a middle and the strongest layer-skip draft, so the ranking still spans the range) with the trained draft;
+#: every draft decodes every article, so the run grows with articles x new tokens x drafts
 QUICK_ARTICLES = 4
+QUICK_NEW_TOKENS = 32
 QUICK_SKIPS = (8, 24, 29)
 #: the shipped trained draft's spec; ranked when this specvlm version knows it
 TRAINED = "trained"
@@ -50,12 +53,13 @@ EPILOG = f"""\
 examples:
   python -m eval.{CLI}                                      # quick: a few articles and drafts
   python -m eval.{CLI} --full --out results/potential.json  # the full study: all articles x all drafts
-  python -m eval.{CLI} --limit 4 --max-new-tokens 32 --out results/potential-smoke.json
+  python -m eval.{CLI} --limit 1 --max-new-tokens 8 --out results/potential-smoke.json
   python -m eval.{CLI} --draft layerskip:24 --draft ngram --draft ./my-draft --limit 20 --out results/potential.json
 
-A plain run is quick: the first {QUICK_ARTICLES} articles (unless --limit or --end is given) and, with no --draft,
-{", ".join(f"layerskip:{k}" for k in QUICK_SKIPS)} and '{TRAINED}'. --full runs the full study: every article
-of the range (all 40 bundled ones unless --limit/--end say otherwise) and, with no --draft, the whole default set:
+A plain run is quick: the first {QUICK_ARTICLES} articles (unless --limit or --end is given), {QUICK_NEW_TOKENS} new
+tokens each, and with no --draft {", ".join(f"layerskip:{k}" for k in QUICK_SKIPS)} and '{TRAINED}'. --full runs
+the full study: every article of the range (all 40 bundled ones unless --limit/--end say otherwise),
+{FULL_NEW_TOKENS} new tokens each, and with no --draft the whole default set:
 {", ".join(f"layerskip:{k}" for k in LAYER_SKIPS)} and '{TRAINED}'. Depths are scaled to
 the target's; '{TRAINED}' is ranked when specvlm ships it. Each draft decodes the same prompts greedily
 (tokens per call, lossless, so every draft yields the target's own greedy continuation); those continuations are
@@ -77,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
     add_model_args(parser, several_drafts=True)
     add_io_args(parser)
-    parser.set_defaults(max_new_tokens=64)
+    parser.set_defaults(max_new_tokens=None)  # set by apply_quick_default
     for action in parser._actions:  # the shared flags' help names their own defaults
         if action.dest == "max_new_tokens":
-            action.help = "default: 64"
+            action.help = f"default: {QUICK_NEW_TOKENS}, or {FULL_NEW_TOKENS} with --full"
         elif action.dest == "limit":
             action.help = f"run at most N articles (default: {QUICK_ARTICLES}, or all of them with --full or --end)"
     group = parser.add_argument_group("potential")
@@ -104,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--full",
         action="store_true",
-        help=f"the full study: every article (all 40 bundled ones; --limit/--end still apply) and all "
-        f"{len(LAYER_SKIPS) + 1} default drafts (default: the quick run, {QUICK_ARTICLES} articles x "
-        f"{len(QUICK_SKIPS) + 1} drafts; much slower, as every draft decodes every article)",
+        help=f"the full study: every article (all 40 bundled ones; --limit/--end still apply), {FULL_NEW_TOKENS} new "
+        f"tokens each, all {len(LAYER_SKIPS) + 1} default drafts (default: the quick run, {QUICK_ARTICLES} articles "
+        f"x {QUICK_NEW_TOKENS} tokens x {len(QUICK_SKIPS) + 1} drafts; much slower, as every draft decodes every "
+        "article)",
     )
     group.add_argument("--no-measure", action="store_true", help="scores only: skip the decoding runs")
     group.add_argument("--plot", metavar="PNG", help="score vs tokens per call scatter (default: next to --out)")
@@ -123,15 +128,20 @@ def default_drafts(layers: int, full: bool = True) -> list[str]:
 
 
 def apply_quick_default(args: argparse.Namespace) -> bool:
-    """Without --full, --limit or --end, run the first QUICK_ARTICLES articles (sets `args.limit`); True when the
-    run is cut in any way (those articles, or with no --draft the quick draft set)."""
+    """Without --full: the first QUICK_ARTICLES articles unless --limit or --end is given (sets `args.limit`), and
+    QUICK_NEW_TOKENS unless --max-new-tokens is (FULL_NEW_TOKENS with --full). True when the run is cut in any way
+    (those articles, those tokens, or with no --draft the quick draft set)."""
+    if args.max_new_tokens is None:
+        args.max_new_tokens = FULL_NEW_TOKENS if args.full else QUICK_NEW_TOKENS
+        cut = not args.full
+    else:
+        cut = False
     if args.full:
         return False
-    cut = not args.draft
     if args.limit is None and args.end is None:
         args.limit = QUICK_ARTICLES
         cut = True
-    return cut
+    return cut or not args.draft
 
 
 def load_drafts(specs: list[str], dec: Decoder, explicit: bool) -> tuple[dict[str, Drafter], dict[str, str]]:
@@ -310,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"records: {jsonl}" + (f"  summary: {out}" if out is not None else ""), file=sys.stderr)
     if quick:
         print(
-            f"quick run ({len(prompts)} articles x {len(drafts)} drafts); the full study (every article, all "
-            f"{len(LAYER_SKIPS) + 1} default drafts): python -m eval.{CLI} --full",
+            f"quick run ({len(prompts)} articles x {args.max_new_tokens} tokens x {len(drafts)} drafts); the full "
+            f"study (every article, {FULL_NEW_TOKENS} tokens, all {len(LAYER_SKIPS) + 1} default drafts): "
+            f"python -m eval.{CLI} --full",
             file=sys.stderr,
         )
     return 0

@@ -2,7 +2,7 @@
 
 `torch.nn.functional.linear` computes x @ W^T with the weight in PyTorch's [out, in] layout, and on CPU the GEMM
 re-packs W on every call.  A one-token step takes a fast matrix-vector path, but a forward of 2-32 tokens (a tree)
-pays the packing for every weight it streams: on SmolLM2-135M fp32 an 8-token forward cost ~1.6x a one-token one.
+pays the packing for every weight it streams, so it costs well above a one-token step (docs/performance.md).
 oneDNN can pack a weight once into its own blocked layout (`mkldnn._reorder_linear_weight`) and then multiply any
 number of rows by it (`mkldnn._linear_pointwise`), so a tree of 8-16 tokens costs about what a single token does.
 
@@ -101,7 +101,7 @@ class PackedLinears:
     @contextmanager
     def active(self) -> Iterator[None]:
         """Within the block, the model's linears multiply by their packed weights."""
-        # object.__setattr__ skips nn.Module.__setattr__: 0.1 ms for SmolLM2's 211 linears instead of ~2 ms
+        # object.__setattr__ skips nn.Module.__setattr__'s bookkeeping, which would cost more than the swap it does
         for lin, packed in zip(self.linears, self.weights, strict=True):
             object.__setattr__(lin, "__class__", PackedLinear)
             lin.__dict__["_packed"] = packed

@@ -176,6 +176,30 @@ def test_default_drafts() -> None:
 
     assert default_drafts(30) == [*(f"layerskip:{k}" for k in (8, 16, 24, 28, 29)), TRAINED]
     assert default_drafts(4) == ["layerskip:1", "layerskip:2", "layerskip:3", TRAINED]
+    assert default_drafts(30, full=False) == ["layerskip:8", "layerskip:24", "layerskip:29", TRAINED]
+
+
+def test_a_plain_run_is_small_and_full_restores_the_study() -> None:
+    """A plain run stays a few articles x few tokens x few drafts (all 40 x 64 x 6, each decoded, took far too long);
+    --full restores the full study."""
+    from eval.cnn_text import load_articles
+    from eval.potential import LAYER_SKIPS, apply_quick_default, build_parser, default_drafts
+
+    def selection(*argv: str) -> tuple[int, int, bool]:  # (articles, new tokens, quick)
+        args = build_parser().parse_args(list(argv))
+        quick = apply_quick_default(args)
+        return len(load_articles(args)), args.max_new_tokens, quick
+
+    articles, tokens, quick = selection()
+    drafts = len(default_drafts(30, full=False))
+    assert quick and articles <= 4 and tokens <= 32 and drafts <= 4
+    assert articles * tokens * drafts <= 4 * 32 * 4  # tokens decoded in a plain run, per draft and article
+    assert selection("--full") == (40, 64, False)  # every bundled article, 64 tokens ...
+    assert len(default_drafts(30, full=True)) == len(LAYER_SKIPS) + 1  # ... and every default draft
+    assert selection("--limit", "40") == (40, 32, True)  # still quick tokens and drafts: the hint names --full
+    assert selection("--full", "--limit", "7", "--max-new-tokens", "16") == (7, 16, False)
+    assert selection("--start", "30", "--end", "40") == (10, 32, True)
+    assert selection("--draft", "ngram", "--limit", "9", "--max-new-tokens", "64") == (9, 64, False)
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
-"""Per-layer-type attention masks for tree forwards: the tree's ancestor rule, the window of sliding layers, and
-the columns each layer type holds. Pure tensor math; the cache is read only for how many entries a layer holds."""
+"""Per-layer-type attention masks for tree forwards.
+
+They combine the tree's ancestor rule, the window of sliding layers, and the columns each layer type holds. Pure
+tensor math; the cache is read only for how many entries a layer holds."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""What a loaded model needs from the engine, read once from its config: attention kind of every layer, position
-scheme, prefix attention, the inputs its prefill takes. Families the engine cannot serve losslessly are refused here.
+"""What a loaded model needs from the engine, read once from its config.
+
+That is the attention kind of every layer, the position scheme, prefix attention and the inputs its prefill takes.
+Families the engine cannot serve losslessly are refused here.
 
 The rules, stated once:
 - Layer types come from transformers' own reading of the config (`cache_utils.get_layer_types_and_kwargs`, which
