@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -11,7 +12,7 @@ from transformers import PreTrainedModel
 
 from . import mini_vlm
 from .builders import TreeBuilder
-from .draft_spec import parse_spec
+from .draft_spec import DraftSpec, parse_spec
 from .drafting import Drafter, for_target
 from .engine import Request, decode
 from .errors import ConfigError, ImageError, PromptError
@@ -231,7 +232,10 @@ class Decoder:
 
 
 def make_drafter(
-    draft: ModelSpec | Drafter | str, target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None
+    draft: DraftSpec | ModelSpec | Drafter | str,
+    target: TargetModel,
+    opts: LoadOptions,
+    draft_tokenizer: Any | None = None,
 ) -> Drafter:
     """A drafter from a draft spec (`specvlm.draft_spec`: None, "ngram[:N]", "trained", "layerskip:K[:FOLDER]",
     "A+B[@N]", "SPEC+followers", "embedded", a model id / path / GGUF) or a loaded model, for `target`.
@@ -269,6 +273,7 @@ def load(
     self-check once per config and device (`specvlm.targets.selfcheck`: a tree scored in one forward equals the same
     tokens decoded one by one), else ConfigError.
     """
+    spec = parse_spec(draft) if isinstance(draft, (str, os.PathLike)) or draft is None else draft  # before any load
     if isinstance(target, PreTrainedModel):
         dev = next(target.parameters()).device
         opts = LoadOptions(dtype=next(target.parameters()).dtype, device=dev)
@@ -282,9 +287,7 @@ def load(
     )
     if check:
         self_check(tm)
-    if isinstance(draft, str):
-        parse_spec(draft)  # a malformed spec fails here, before any draft weights load
-    return Decoder(tm, make_drafter(draft, tm, opts), tree)
+    return Decoder(tm, make_drafter(spec, tm, opts), tree)
 
 
 _DEFAULTS: dict[bool, Decoder] = {}
