@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from .errors import ConfigError
 
@@ -27,7 +28,8 @@ SPEC_HELP = (
     "(SmolLM2-135M as a draft), 'A+B[@N]' (a mixture; N = its copy gate, 0 = off), 'SPEC+followers', or a hub id, "
     "folder or .gguf file (default: measured for the embedded target, else ngram)"
 )
-KINDS = ("default", "followers", "mixture", "trained", "embedded", "ngram", "layerskip", "model")
+#: what a spec names (`DraftSpec.kind`)
+DraftKind = Literal["default", "followers", "mixture", "trained", "embedded", "ngram", "layerskip", "model"]
 NGRAM_MAX = 16
 
 
@@ -36,7 +38,7 @@ class DraftSpec:
     """One parsed draft spec. `n`: the n-gram length, the layer-skip depth K or the mixture's copy gate;
     `path`: the layer-skip exit folder or the model's id / path; `parts`: a mixture's parts or the followers' base."""
 
-    kind: str
+    kind: DraftKind
     text: str = ""
     n: int | None = None
     path: str | None = None
@@ -68,7 +70,7 @@ def parse_spec(text: str | os.PathLike | None) -> DraftSpec:
         parts = tuple(parse_spec(name) for name in names)
         return DraftSpec("mixture", spec, n=int(gate) if gate else None, parts=parts)
     if spec in ("trained", "embedded"):
-        return DraftSpec(spec, spec)
+        return DraftSpec("trained" if spec == "trained" else "embedded", spec)
     if re.fullmatch(r"(ngram|prompt-lookup)(:.*)?", spec):
         _, _, n = spec.partition(":")
         if n and not (n.isdigit() and 1 <= int(n) <= NGRAM_MAX):
