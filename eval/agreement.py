@@ -1,12 +1,16 @@
 """Top-1 agreement (and acceptance, KL) of drafts with the embedded target: `python -m eval.agreement`.
 
-Scored on the held-out split of the self-distillation data (the same split `training.train` never trains on) or,
-with `--on bench`, on the target's greedy answers to the benchmark's prompts (`eval.bench --dataset mixed`: bundled
-news articles to summarise and the held-out questions and instructions), by kind of prompt.
+Scored, by kind of prompt, on one of:
+  heldout    the held-out split of the self-distillation data (the split `training.train` never trains on), each
+             record's stored response, grouped by the record's source (its prompt kind);
+  bench      the target's greedy answers to `eval.bench --dataset mixed`'s prompts (bundled news articles to
+             summarise, the held-out questions and instructions);
+  specbench  the target's greedy answers to the first turns of a Spec-Bench question file, by subtask.
 
-  python -m eval.agreement --data runs/distill/data.jsonl runs/distill/data-sampled.jsonl --limit 40 \\
-      --drafts trained,layerskip:16,layerskip:24,layerskip:28
+  python -m eval.agreement --data runs/kinds/data-31.jsonl runs/kinds/data-32.jsonl --limit 16 \\
+      --drafts trained,runs/draft5
   python -m eval.agreement --on bench --limit 32 --drafts trained,runs/draft
+  python -m eval.agreement --on specbench --question-file eval/data/specbench_check.jsonl --drafts trained
 """
 
 from __future__ import annotations
@@ -32,13 +36,21 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(prog=CLI, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--on", choices=["heldout", "bench"], default="heldout", help="the self-distillation split or the bench prompts"
+        "--on", choices=["heldout", "bench", "specbench"], default="heldout", help="which prompts (see above)"
+    )
+    ap.add_argument(
+        "--question-file",
+        type=Path,
+        default=Path("eval/data/specbench_check.jsonl"),
+        help="--on specbench: a Spec-Bench question.jsonl",
     )
     ap.add_argument("--max-new-tokens", type=int, default=96, help="--on bench: greedy answer length")
     ap.add_argument("--data", nargs="+", default=["runs/distill/data.jsonl"], help="the training run's JSONL files")
     ap.add_argument("--val-share", type=float, default=0.05, help="as given to training.train")
     ap.add_argument("--seed", type=int, default=0, help="as given to training.train")
-    ap.add_argument("--limit", type=int, default=40, help="held-out sequences (or bench prompts) scored")
+    ap.add_argument(
+        "--limit", type=int, default=40, help="held-out sequences per kind (bench: prompts; specbench: questions)"
+    )
     ap.add_argument(
         "--drafts",
         type=spec_list_arg,
@@ -55,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
     opts = LoadOptions(dtype=dec.target.dtype, device=dec.target.device)
     drafts = {n: build(n, dec.target, opts) for n in args.drafts}
-    groups = bench_groups(dec, args) if args.on == "bench" else heldout_group(args)
+    groups = {"bench": bench_groups, "specbench": specbench_groups}.get(args.on, heldout_groups)(dec, args)
     rows = []
     for group, (prompts, continuations) in groups.items():
         scores = potentials(dec.target, drafts, prompts, continuations=continuations,
@@ -70,12 +82,35 @@ def main(argv: list[str] | None = None) -> None:
 Group = tuple[list[list[int]], list[list[int]] | str]  # prompts, continuations (or "target")
 
 
-def heldout_group(args: argparse.Namespace) -> dict[str, Group]:
-    """The held-out split's first `--limit` records, teacher-forced on their stored responses."""
+def heldout_groups(dec: Any, args: argparse.Namespace) -> dict[str, Group]:
+    """The held-out split's first `--limit` records of each source (prompt kind), teacher-forced on their stored
+    responses; the last group holds them all."""
     records = [r for p in args.data for r in read_dataset(Path(p))]
     _, val = split(records, args.val_share, args.seed)
-    val = val[: args.limit]
-    return {"held-out": ([r["ids"][: r["prompt_len"]] for r in val], [r["ids"][r["prompt_len"] :] for r in val])}
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for r in val:
+        kept = by_kind.setdefault(r.get("source", "held-out"), [])
+        if len(kept) < args.limit:
+            kept.append(r)
+    by_kind = dict(sorted(by_kind.items()))
+    if len(by_kind) > 1:
+        by_kind["all kinds"] = [r for kept in by_kind.values() for r in kept]
+    return {
+        kind: ([r["ids"][: r["prompt_len"]] for r in kept], [r["ids"][r["prompt_len"] :] for r in kept])
+        for kind, kept in by_kind.items()
+    }
+
+
+def specbench_groups(dec: Any, args: argparse.Namespace) -> dict[str, Group]:
+    """The first turn of each of `--question-file`'s first `--limit` questions, by subtask, answered greedily."""
+    from eval.specbench import conversation_ids, load_questions
+
+    groups: dict[str, Group] = {}
+    for q in load_questions(args.question_file)[: args.limit]:
+        ids = conversation_ids(dec, [{"role": "user", "content": q.turns[0]}])
+        groups.setdefault(q.subtask, ([], "target"))[0].append(ids)
+    groups["overall"] = ([ids for prompts, _ in groups.values() for ids in prompts], "target")
+    return groups
 
 
 def bench_groups(dec: Any, args: argparse.Namespace) -> dict[str, Group]:

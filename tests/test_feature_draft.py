@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,25 @@ def test_train_improves_agreement_and_saves_a_loadable_draft(tmp_path: Path, aut
     assert isinstance(decoder.drafter, FeatureDrafter) and 0 in decoder.drafter.head_ids.tolist()
     for ids in random_prompts(3, seed=12, vocab=VOCAB):
         assert decoder.generate(None, ids, max_new_tokens=20, tree="dynamic").tokens == hf_greedy(target, ids, 20)
+
+
+def test_continuing_a_draft_keeps_its_head_unless_told_to_pick_one_from_the_data(tmp_path: Path) -> None:
+    target = tiny_llama(seed=0, vocab=VOCAB).requires_grad_(False)
+    saved = random_draft(target, seed=2, head=torch.arange(0, VOCAB, 3))  # every third token: 32 rows
+    saved.save_pretrained(tmp_path / "start")
+    data = tmp_path / "data.jsonl"
+    records = self_distilled(target, 8, seed=13, new=8)
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    heads = {}
+    for pick in (False, True):
+        cfg = TrainConfig(data=[str(data)], out=str(tmp_path / f"out-{pick}"), head_size=48, epochs=1,
+                          batch_tokens=512, init_from=str(tmp_path / "start"), head_from_data=pick)  # fmt: skip
+        train(target, cfg, io.StringIO(), stops=[0])
+        heads[pick] = FeatureDraftModel.from_pretrained(cfg.out, dtype=torch.float32).head_ids
+    assert torch.equal(heads[False], saved.head_ids)
+    counts = Counter(t for r in split(records, 0.05, 0)[0] for t in r["ids"][r["prompt_len"] :])
+    expected = list(dict.fromkeys([0, *(t for t, _ in counts.most_common(48))]))[:48]  # the stop token, then counts
+    assert heads[True].tolist() == sorted(expected) and len(heads[True]) != len(saved.head_ids)
 
 
 def test_bf16_autocast_runs_the_unrolled_draft_in_bfloat16_with_float32_weights() -> None:

@@ -41,6 +41,7 @@ class TrainConfig:
     val_share: float = 0.05
     init: str = "last-layer"
     init_from: str | None = None  # a saved feature draft to continue from (its weights and reduced head)
+    head_from_data: bool = False  # with init_from: pick the reduced head from this run's data instead of keeping it
     eval_every: int = 200
     seed: int = 0
     threads: int = 0

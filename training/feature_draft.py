@@ -252,7 +252,11 @@ def train(
     val_ex = [known[tuple(r["ids"])] for r in val_recs]
     val_ex = val_ex[: cfg.val_records] if cfg.val_records else val_ex
     start = FeatureDraftModel.from_pretrained(cfg.init_from, dtype=torch.float32) if cfg.init_from else None
-    head_ids = start.head_ids.clone() if start is not None else head_tokens(train_ex, cfg.head_size, stops)
+    keep_head = start is not None and not cfg.head_from_data
+    head_ids = start.head_ids.clone() if keep_head else head_tokens(train_ex, cfg.head_size, stops)
+    if start is not None and not keep_head:  # the saved head's size may differ: the buffer takes the new one
+        start.config.specvlm_head_size = len(head_ids)
+        start.head_ids = head_ids.clone()
     n_train = sum(len(e.ids) - e.start - 1 for e in train_ex)
     stats = {
         "records": len(records),

@@ -21,7 +21,6 @@ import random
 import time
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,71 +28,15 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-TOPICS = (
-    "volcanoes", "the water cycle", "photosynthesis", "black holes", "the Roman Empire", "machine learning",
-    "climate change", "honey bees", "the stock market", "jazz music", "the human heart", "electric cars",
-    "coral reefs", "the printing press", "vaccines", "the moon landing", "renewable energy", "chess",
-    "the French Revolution", "recycling", "sleep", "coffee", "the internet", "earthquakes", "dinosaurs",
-    "the immune system", "solar panels", "ancient Egypt", "bread baking", "gardening", "inflation",
-    "the Olympic Games", "rainforests", "social media", "the solar system", "antibiotics", "public libraries",
-    "marathon training", "budgeting", "time management", "birds migrating", "glaciers", "cryptography",
-    "the Great Wall of China", "smartphones", "ocean tides", "meditation", "wind turbines", "tea",
-    "the Renaissance", "robots", "nutrition", "volunteering", "mountain hiking", "city planning", "bicycles",
-    "languages", "friendship", "job interviews", "pandas", "space telescopes", "electricity", "DNA",
-    "the Industrial Revolution", "podcasts", "fire safety", "whales", "deserts", "museums", "airplanes",
-    "composting", "snow", "pizza", "video games", "democracy", "bridges", "vitamins", "rivers", "trains",
-)  # fmt: skip
-
-TEMPLATES = (
-    "Explain {t} to a ten-year-old.",
-    "What are three interesting facts about {t}?",
-    "Write a short story that involves {t}.",
-    "Give me a list of tips related to {t}.",
-    "Write a short email to a friend about {t}.",
-    "What are the pros and cons of {t}?",
-    "Describe the history of {t} in a few paragraphs.",
-    "Why is {t} important?",
-    "Write a poem about {t}.",
-    "How would you teach a beginner about {t}?",
-    "Summarize what scientists know about {t}.",
-    "What questions do people often ask about {t}? Answer two of them.",
-    "Write a news article about a recent event involving {t}.",
-    "Compare {t} and {u}.",
-    "Write a short blog post on {t}.",
-    "What is a common misconception about {t}?",
-    "Create a quiz with three questions about {t}.",
-    "Give step-by-step instructions for a project about {t}.",
+from training.prompt_kinds import (
+    OPENERS,
+    SUMMARY_TEMPLATES,
+    Prompt,
+    record_key,
+    round1_prompts,
+    round2_prompts,
+    template_prompts,
 )
-
-SUMMARY_TEMPLATES = (
-    "Summarize the following article in a few sentences.\n\n{a}",
-    "{a}\n\nWrite a short summary of the text above.",
-    "Give a one-paragraph summary of this text:\n\n{a}",
-    "Read the article and list its main points.\n\n{a}",
-)
-
-
-OPENERS = (
-    "How do", "How does", "How can I", "How should I", "Why do", "Why does", "Why is", "What is the difference between",
-    "What causes", "What should I", "What are", "Is it true that", "Can you explain", "Write a", "Write an",
-    "Suggest", "Draft a", "Rewrite this sentence", "Plan a", "Give me a", "Explain", "Describe", "Create a", "List",
-    "Help me", "Compose a", "Recommend", "Summarize",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Prompt:
-    source: str  # sampled | opened | template | summary | long-summary
-    text: str
-
-
-def template_prompts(rng: random.Random) -> list[Prompt]:
-    out = []
-    for t in TOPICS:
-        for tpl in TEMPLATES:
-            out.append(Prompt("template", tpl.format(t=t, u=rng.choice(TOPICS))))
-    rng.shuffle(out)
-    return out
 
 
 def stop_ids(tokenizer: Any) -> list[int]:
@@ -102,8 +45,10 @@ def stop_ids(tokenizer: Any) -> list[int]:
     return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
 
 
-def chat_ids(tokenizer: Any, text: str) -> list[int]:
-    msgs = [{"role": "user", "content": text}]
+def chat_ids(tokenizer: Any, text: str, history: tuple[str, ...] = ()) -> list[int]:
+    """The chat template over `history` (user and assistant turns alternating) and then the user turn `text`."""
+    roles = ("user", "assistant")
+    msgs = [{"role": roles[i % 2], "content": t} for i, t in enumerate(history)] + [{"role": "user", "content": text}]
     return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
@@ -217,7 +162,7 @@ def answer(
 ) -> list[dict[str, Any]]:
     """Greedy responses, appended to `out_path` batch by batch."""
     pad = padding_id(tokenizer, stop)
-    encoded = [(p, chat_ids(tokenizer, p.text)) for p in prompts]
+    encoded = [(p, chat_ids(tokenizer, p.text, p.history)) for p in prompts]
     encoded = [(p, ids) for p, ids in encoded if len(ids) <= max_prompt_tokens]
     records = []
     bar = tqdm(total=len(encoded), desc="answering", unit="prompt", dynamic_ncols=True)
@@ -227,6 +172,8 @@ def answer(
             rows = generate_batch(model, [ids for _, ids in batch], max_new_tokens, pad, stop, do_sample=False)
             for (p, ids), new in zip(batch, rows, strict=True):
                 rec = {"source": p.source, "prompt": p.text, "ids": ids + new, "prompt_len": len(ids)}
+                if p.history:
+                    rec["history"] = list(p.history)
                 f.write(json.dumps(rec) + "\n")
                 records.append(rec)
             f.flush()
@@ -274,13 +221,43 @@ def build_dataset(
         round1 += opened_user_prompts(model, tokenizer, n_opened, batch_size, seed, stop, exclude)
     random.Random(seed + 1).shuffle(round1)
     for i in range(0, len(round1), chunk):
-        todo = [p for p in round1[i : i + chunk] if p.text not in done]
+        todo = [p for p in round1[i : i + chunk] if p.key not in done]
         records = answer(model, tokenizer, todo, out_path, batch_size, max_new_tokens, stop)
         long_texts = [response_text(tokenizer, r) for r in records if is_long(r)]
         rng.shuffle(long_texts)
         n = round(len(records) * summary_share)
         summaries = [Prompt("summary", rng.choice(SUMMARY_TEMPLATES).format(a=a)) for a in long_texts[:n]]
         answer(model, tokenizer, summaries, out_path, batch_size, max_new_tokens, stop)
+    return out_path
+
+
+def build_kinds_dataset(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    out_path: Path,
+    per_kind: int,
+    share: float = 0.3,
+    batch_size: int = 64,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    chunk: int = 256,
+    exclude: AbstractSet[str] = frozenset(),
+) -> Path:
+    """Every benchmark kind (training/prompt_kinds.py): `per_kind` round-1 prompts of each kind, in shuffled chunks;
+    after each chunk, round-2 prompts (summaries, RAG, extraction, second turns) over its long answers, so a run
+    stopped at any point holds every kind.  Prompts already in `out_path` are skipped (a stopped run resumes; only
+    the round 2 of a chunk interrupted between its two rounds is lost)."""
+    stop = stop_ids(tokenizer)
+    rng = random.Random(seed)
+    done = answered_prompts(out_path)
+    round1 = round1_prompts(per_kind, rng, frozenset(exclude))
+    for i in range(0, len(round1), chunk):
+        todo = [p for p in round1[i : i + chunk] if p.key not in done]
+        records = answer(model, tokenizer, todo, out_path, batch_size, max_new_tokens, stop)
+        pairs = [(r["prompt"], response_text(tokenizer, r)) for r in records if is_long(r)]
+        if pairs:
+            second = [p for p in round2_prompts(pairs, share, rng) if p.key not in done]
+            answer(model, tokenizer, second, out_path, batch_size, max_new_tokens, stop, max_prompt_tokens=900)
     return out_path
 
 
@@ -308,15 +285,23 @@ def long_summary_prompts(
 
 
 def evaluation_prompts() -> set[str]:
-    """The bundled held-out questions and instructions (eval/data), never to be trained on."""
-    path = Path(__file__).resolve().parent.parent / "eval" / "data" / "heldout_prompts.jsonl"
-    return {r["prompt"] for r in read_dataset(path)} if path.exists() else set()
+    """The bundled held-out questions and instructions and every turn of the bundled Spec-Bench-format question
+    files (eval/data), never to be trained on."""
+    data = Path(__file__).resolve().parent.parent / "eval" / "data"
+    out = (
+        {r["prompt"] for r in read_dataset(data / "heldout_prompts.jsonl")}
+        if (data / "heldout_prompts.jsonl").exists()
+        else set()
+    )
+    for path in sorted(data.glob("specbench_*.jsonl")):
+        out |= {t for r in read_dataset(path) for t in r["turns"]}
+    return out
 
 
 def answered_prompts(out_path: Path) -> set[str]:
     """Prompts already answered in `out_path` (a resumed run skips them); creates its folder."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    return {r["prompt"] for r in read_dataset(out_path)} if out_path.exists() else set()
+    return {record_key(r) for r in read_dataset(out_path)} if out_path.exists() else set()
 
 
 def read_dataset(path: Path) -> list[dict[str, Any]]:
@@ -351,6 +336,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="only this: N summary requests over 400-760-token texts joined from the answers in --from files",
     )
+    ap.add_argument(
+        "--kinds",
+        type=int,
+        default=0,
+        help="only this: N prompts of each benchmark kind (training/prompt_kinds.py) and round 2 over their answers",
+    )
     ap.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], help="earlier selfdistill JSONL files")
     args = ap.parse_args(argv)
     if args.long_summaries and not args.sources:
@@ -360,11 +351,15 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_embedded(LoadOptions(dtype="float32"))
     packed = maybe_pack(model, None)  # batched decode steps are 64-row matmuls: packed weights ~1.5x faster on CPU
     with packed_if(packed):
+        if args.kinds:
+            build_kinds_dataset(model, tokenizer, args.out, args.kinds, args.summary_share, args.batch_size,
+                                args.max_new_tokens, args.seed, exclude=evaluation_prompts())  # fmt: skip
+            return
         if args.long_summaries:
             records = [r for path in args.sources for r in read_dataset(path)]
             prompts = long_summary_prompts(tokenizer, records, args.long_summaries, args.seed)
             done = answered_prompts(args.out)
-            todo = [p for p in prompts if p.text not in done]
+            todo = [p for p in prompts if p.key not in done]
             stop = stop_ids(tokenizer)
             answer(model, tokenizer, todo, args.out, args.batch_size, args.max_new_tokens, stop, max_prompt_tokens=900)
             return

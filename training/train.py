@@ -47,7 +47,14 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         "--init-from",
         metavar="DIR",
         help="continue from a saved feature draft (e.g. drafters/weights/smollm2-135m-feature): its weights and "
-        "its reduced head (--head-size is then ignored)",
+        "its reduced head (--head-size is then ignored, unless --head-from-data)",
+    )
+    ap.add_argument(
+        "--head-from-data",
+        action="store_true",
+        help="with --init-from: pick the reduced head (--head-size most frequent response tokens, plus the stop "
+        "tokens) from this run's training data instead of keeping the saved one (the head only chooses which of "
+        "the target's output rows the draft scores, so the weights carry over)",
     )
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--seed", type=int, default=d.seed)
