@@ -147,8 +147,11 @@ def test_continuing_a_draft_keeps_its_head_unless_told_to_pick_one_from_the_data
         heads[pick] = FeatureDraftModel.from_pretrained(cfg.out, dtype=torch.float32).head_ids
     assert torch.equal(heads[False], saved.head_ids)
     counts = Counter(t for r in split(records, 0.05, 0)[0] for t in r["ids"][r["prompt_len"] :])
-    expected = list(dict.fromkeys([0, *(t for t, _ in counts.most_common(48))]))[:48]  # the stop token, then counts
-    assert heads[True].tolist() == sorted(expected) and len(heads[True]) != len(saved.head_ids)
+    picked, seen_twice = set(heads[True].tolist()), {t for t, c in counts.items() if c >= 2}
+    first = {0} | seen_twice | set(saved.head_ids.tolist())  # the stop token, the data's repeated tokens, the saved
+    assert len(first) < 48 and len(seen_twice) < 32  # room left: the test shows each rule
+    assert first <= picked and len(picked) == 48
+    assert {t for t in picked - first if counts[t] == 1} == picked - first  # the rest: tokens the data shows once
 
 
 def test_bf16_autocast_runs_the_unrolled_draft_in_bfloat16_with_float32_weights() -> None:

@@ -61,12 +61,18 @@ def split(records: list[dict[str, Any]], val_share: float, seed: int) -> tuple[l
     return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
 
 
-def head_tokens(examples: list[Example], size: int, always: list[int]) -> torch.Tensor:
-    """The `size` most frequent response tokens (plus the stop tokens): the draft's reduced output vocabulary."""
+def head_tokens(examples: list[Example], size: int, always: list[int], fill: list[int] | None = None) -> torch.Tensor:
+    """The draft's reduced output vocabulary: the stop tokens and the `size` most frequent response tokens.
+
+    With `fill` (a saved draft's head, when continuing it on new data): the stop tokens, then every response token
+    seen at least twice (most frequent first), then `fill`'s tokens, then the tokens seen once, `size` in all."""
     counts: Counter[int] = Counter()
     for e in examples:
         counts.update(e.ids[e.start + 1 :].tolist())
-    chosen = list(dict.fromkeys([*always, *(t for t, _ in counts.most_common(size))]))[:size]
+    ranked = [t for t, _ in counts.most_common()]
+    if fill is not None:
+        ranked = [t for t in ranked if counts[t] >= 2] + list(fill) + [t for t in ranked if counts[t] < 2]
+    chosen = list(dict.fromkeys([*always, *ranked]))[:size]
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 

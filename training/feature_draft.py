@@ -253,7 +253,8 @@ def train(
     val_ex = val_ex[: cfg.val_records] if cfg.val_records else val_ex
     start = FeatureDraftModel.from_pretrained(cfg.init_from, dtype=torch.float32) if cfg.init_from else None
     keep_head = start is not None and not cfg.head_from_data
-    head_ids = start.head_ids.clone() if keep_head else head_tokens(train_ex, cfg.head_size, stops)
+    fill = start.head_ids.tolist() if start is not None else None
+    head_ids = start.head_ids.clone() if keep_head else head_tokens(train_ex, cfg.head_size, stops, fill)
     if start is not None and not keep_head:  # the saved head's size may differ: the buffer takes the new one
         start.config.specvlm_head_size = len(head_ids)
         start.head_ids = head_ids.clone()

@@ -52,9 +52,9 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     ap.add_argument(
         "--head-from-data",
         action="store_true",
-        help="with --init-from: pick the reduced head (--head-size most frequent response tokens, plus the stop "
-        "tokens) from this run's training data instead of keeping the saved one (the head only chooses which of "
-        "the target's output rows the draft scores, so the weights carry over)",
+        help="with --init-from: pick a new reduced head of --head-size tokens instead of keeping the saved one: "
+        "the stop tokens, every response token of this run's data seen twice or more, then the saved head's "
+        "tokens (the head only chooses which of the target's output rows the draft scores: the weights carry over)",
     )
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--seed", type=int, default=d.seed)
