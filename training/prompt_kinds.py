@@ -344,7 +344,7 @@ def round1_prompts(per_kind: int, rng: random.Random, exclude: frozenset[str] = 
 def round2_prompts(answered: list[tuple[str, str]], share: float, rng: random.Random) -> list[Prompt]:
     """From (prompt, answer) pairs of round 1 (long answers only): about `share` of them become each round-2 kind.
 
-    RAG's passages are 2-3 of these answers, one of them the answer to the question asked (the round-1 prompt)."""
+    RAG's passages are 1-2 of these answers, one of them the answer to the question asked (the round-1 prompt)."""
     n = round(len(answered) * share)
     out: list[Prompt] = []
     for _, ans in rng.sample(answered, min(n, len(answered))):
@@ -353,7 +353,7 @@ def round2_prompts(answered: list[tuple[str, str]], share: float, rng: random.Ra
         w = rng.choice(EXTRACT)
         out.append(Prompt("extraction", rng.choice(EXTRACT_FORMS).format(w=w, a=ans)))
     for prompt, ans in rng.sample(answered, min(n, len(answered))):
-        others = [a for p, a in rng.sample(answered, min(3, len(answered))) if p != prompt][: rng.randint(1, 2)]
+        others = [a for p, a in rng.sample(answered, min(3, len(answered))) if p != prompt][: rng.randint(0, 1)]
         passages = [ans, *others]
         rng.shuffle(passages)
         text = "\n\n".join(f"Passage {i + 1}: {p}" for i, p in enumerate(passages))

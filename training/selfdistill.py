@@ -245,19 +245,24 @@ def build_kinds_dataset(
 ) -> Path:
     """Every benchmark kind (training/prompt_kinds.py): `per_kind` round-1 prompts of each kind, in shuffled chunks;
     after each chunk, round-2 prompts (summaries, RAG, extraction, second turns) over its long answers, so a run
-    stopped at any point holds every kind.  Prompts already in `out_path` are skipped (a stopped run resumes; only
-    the round 2 of a chunk interrupted between its two rounds is lost)."""
+    stopped at any point holds every kind.  Prompts already in `out_path` are skipped: a stopped run resumes where
+    it was (round 2 of a chunk is built from the chunk's answers, stored or new, with the chunk's own seed).
+    Round-2 prompts are long (an answer or two inside them), so each costs several round-1 prompts' time: `share`
+    sets how many."""
     stop = stop_ids(tokenizer)
-    rng = random.Random(seed)
-    done = answered_prompts(out_path)
-    round1 = round1_prompts(per_kind, rng, frozenset(exclude))
+    round1 = round1_prompts(per_kind, random.Random(seed), frozenset(exclude))
+    stored = {record_key(r): r for r in read_dataset(out_path)} if out_path.exists() else {}
+    answered_prompts(out_path)  # creates the folder
     for i in range(0, len(round1), chunk):
-        todo = [p for p in round1[i : i + chunk] if p.key not in done]
-        records = answer(model, tokenizer, todo, out_path, batch_size, max_new_tokens, stop)
-        pairs = [(r["prompt"], response_text(tokenizer, r)) for r in records if is_long(r)]
-        if pairs:
-            second = [p for p in round2_prompts(pairs, share, rng) if p.key not in done]
-            answer(model, tokenizer, second, out_path, batch_size, max_new_tokens, stop, max_prompt_tokens=900)
+        part = round1[i : i + chunk]
+        todo = [p for p in part if p.key not in stored]
+        new = {record_key(r): r for r in answer(model, tokenizer, todo, out_path, batch_size, max_new_tokens, stop)}
+        records = [stored.get(p.key) or new.get(p.key) for p in part]
+        pairs = [(r["prompt"], response_text(tokenizer, r)) for r in records if r is not None and is_long(r)]
+        if pairs:  # the same round 2 again when a stopped run resumes (its own seed per chunk)
+            second = round2_prompts(pairs, share, random.Random(f"{seed}-{i}"))
+            second = [p for p in second if p.key not in stored]
+            answer(model, tokenizer, second, out_path, batch_size, max_new_tokens, stop, max_prompt_tokens=700)
     return out_path
 
 
