@@ -85,3 +85,10 @@ def test_held_out_agreement_groups_by_kind(tmp_path: Path) -> None:
         expected = [r for r in val if r["source"] == kind][:4]
         assert prompts == [r["ids"][:1] for r in expected] and conts == [r["ids"][1:] for r in expected]
     assert len(groups["all kinds"][0]) == 12
+
+
+def test_a_record_answered_twice_is_never_on_both_sides_of_the_split() -> None:
+    rows = [{"source": "qa", "prompt": str(i % 40), "ids": [i % 40, 7, 8], "prompt_len": 1} for i in range(80)]
+    train, val = split(rows, 0.25, 0)
+    assert len(train) + len(val) == 40 and len(val) == 10
+    assert not {tuple(r["ids"]) for r in train} & {tuple(r["ids"]) for r in val}

@@ -54,7 +54,10 @@ class TrainConfig:
 
 # -- data ------------------------------------------------------------------------------------------------------
 def split(records: list[dict[str, Any]], val_share: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A random held-out share of the records (all of it text the target wrote; never the evaluation prompts)."""
+    """A random held-out share of the records (all of it text the target wrote; never the evaluation prompts).
+
+    Records with the same token ids (one prompt answered by two workers) count once, so none sits on both sides."""
+    records = list({tuple(r["ids"]): r for r in records}.values())
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_val = max(1, int(len(records) * val_share))
