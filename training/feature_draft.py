@@ -100,9 +100,11 @@ def cached_features(
     for path in sorted(folder.glob(f"features-{tag}-*.pt")):
         for part in load_examples(path):
             known.update((tuple(e.ids.tolist()), e) for e in part)
+    distinct = {tuple(r["ids"]) for r in records}
     missing = list({tuple(r["ids"]): r for r in records if tuple(r["ids"]) not in known}.values())
     if missing:
-        print(f"target features for {len(missing)} of {len(records)} records (the rest cached)", file=log, flush=True)
+        print(f"target features for {len(missing)} of {len(distinct)} distinct records (the rest cached)", file=log,
+              flush=True)  # fmt: skip
         new = target_features(target, missing, 8192)
         digest = hashlib.sha1(repr([r["ids"] for r in missing]).encode()).hexdigest()[:10]
         save_examples(folder / f"features-{tag}-{len(missing)}-{digest}.pt", new, [])

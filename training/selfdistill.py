@@ -1,6 +1,6 @@
 """Self-distillation data: the target answers prompts it (mostly) wrote itself, so no external dataset is needed.
 
-Five prompt sources, all generated here:
+Six prompt sources, all generated here:
   1. user turns sampled from the target's own chat distribution (T=1, top-p 0.95, after a bare user header),
   2. user turns that open with a question or request word ("How does", "Why do", "Write a", "Suggest" ...) and are
      sampled on from there (`--opened N`): the everyday questions and instructions users actually send,
@@ -9,6 +9,8 @@ Five prompt sources, all generated here:
      news evaluation does),
   5. the same over long texts (400-760 tokens) joined from answers in earlier files (`--long-summaries N --from
      FILES`), as long as the news evaluation's prompts (round-2 summaries are shorter; docs/performance.md).
+  6. every kind a Spec-Bench-style benchmark covers (`--kinds N`, training/prompt_kinds.py): N prompts of each
+     round-1 kind, then summaries, RAG, extraction and second turns over their answers; `source` names the kind.
 Responses are the target's greedy continuations, which is what a greedy speculative decoder must predict.
 The output is JSONL, one record per response: {"source", "prompt", "ids"} where `ids` = chat-formatted prompt +
 response token ids.  Records are appended batch by batch, so a run can be stopped and resumed.
@@ -326,7 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--out", type=Path, default=Path("runs/distill/data.jsonl"), help="JSONL to append to")
     ap.add_argument("--sampled", type=int, default=512, help="user prompts sampled from the target")
-    ap.add_argument("--summary-share", type=float, default=0.3, help="round-2 summary prompts per round-1 answer")
+    ap.add_argument(
+        "--summary-share",
+        type=float,
+        default=0.3,
+        help="round-2 summary prompts per round-1 answer (--kinds: prompts of each round-2 kind per long answer)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
