@@ -130,11 +130,16 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def answer_path(answer_dir: Path, method: str) -> Path:
+    """A method's answer file: its label, with a draft folder's path separators as '_' (one file, not a subfolder)."""
+    return answer_dir / (method.replace("/", "_").replace("\\", "_") + ".jsonl")
+
+
 def speed_table(answer_dir: Path, methods: Sequence[str], subtasks: Sequence[str]) -> list[dict[str, Any]]:
     """Speedups per subtask read back from the answer files, the way Spec-Bench's speed.py computes them: per
     question sum(new_tokens) / sum(wall_time), the mean over the subtask's questions, method over hf_generate; mean
     accepted tokens = mean of accept_lengths."""
-    answers = {m: {a["question_id"]: a for a in read_answers(answer_dir / f"{m}.jsonl")} for m in methods}
+    answers = {m: {a["question_id"]: a for a in read_answers(answer_path(answer_dir, m))} for m in methods}
     base = answers[BASELINE]
     rows: list[dict[str, Any]] = []
     for method in methods:
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             methods.append(Method(SPECVLM, tree=t, draft=d))
     answer_dir.mkdir(parents=True, exist_ok=True)
     for m in methods:
-        path = answer_dir / f"{m.label}.jsonl"
+        path = answer_path(answer_dir, m.label)
         if path.exists() and not args.overwrite:
             raise FileExistsError(f"{path} exists: pass --overwrite, or choose another --answer-dir")
         path.write_text("")
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 texts.append(text)
                 turns.append(turn)
             record = answer_record(q, m.label, texts, turns)
-            write_jsonl(answer_dir / f"{m.label}.jsonl", [record], append=True)
+            write_jsonl(answer_path(answer_dir, m.label), [record], append=True)
             write_jsonl(jsonl, [{"method": m.label, **record}], append=True)
     subtasks = [t for t in SUBTASKS if any(q.subtask == t for q in questions)]
     rows = speed_table(answer_dir, [m.label for m in methods], subtasks)

@@ -67,3 +67,8 @@ def test_specbench_answer_files_give_the_table(tmp_path: Path, capsys: pytest.Ca
             want = spec_bench_speed(answers / f"{method}.jsonl", answers / "hf_generate.jsonl", cats)
             assert row[task]["speedup"] == pytest.approx(want, abs=1e-3)
     assert "mt_bench" in capsys.readouterr().out
+
+
+def test_a_draft_folder_in_a_method_name_gives_one_answer_file_not_a_subfolder() -> None:
+    path = specbench.answer_path(Path("answers"), "specvlm-dynamic[runs/draft6+ngram]")
+    assert path == Path("answers") / "specvlm-dynamic[runs_draft6+ngram].jsonl" and path.parent == Path("answers")
