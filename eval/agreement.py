@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from specvlm.draft_spec import spec_list_arg
+from specvlm.potential import RegionScores
 from training.common import split
 from training.selfdistill import read_dataset
 
@@ -69,14 +70,32 @@ def main(argv: list[str] | None = None) -> None:
     drafts = {n: build(n, dec.target, opts) for n in args.drafts}
     groups = {"bench": bench_groups, "specbench": specbench_groups}.get(args.on, heldout_groups)(dec, args)
     rows = []
+    pooled: dict[str, list[RegionScores]] = {n: [] for n in args.drafts}
     for group, (prompts, continuations) in groups.items():
         scores = potentials(dec.target, drafts, prompts, continuations=continuations,
                             max_new_tokens=args.max_new_tokens, batch_size=4)  # fmt: skip
         for n, s in zip(args.drafts, scores, strict=True):
-            m = s.main
-            rows.append({"prompts": f"{group} ({len(prompts)})", "draft": n, "agreement": round(m.agreement, 4),
-                         "acceptance": round(m.acceptance, 4), "kl": round(m.kl, 3)})  # fmt: skip
+            rows.append(score_row(f"{group} ({len(prompts)})", n, s.main))
+            pooled[n].append(s.main)
+    if len(groups) > 1:  # every group's positions together
+        n_prompts = sum(len(prompts) for prompts, _ in groups.values())
+        rows += [score_row(f"all ({n_prompts})", n, pool(parts)) for n, parts in pooled.items()]
     print(markdown_table(rows, ["prompts", "draft", "agreement", "acceptance", "kl"]))
+
+
+def pool(parts: list[RegionScores]) -> RegionScores:
+    """Scores over the positions of all `parts` together (each part's means weighted by its positions)."""
+    total = sum(p.positions for p in parts)
+
+    def mean(field: str) -> float:
+        return sum(getattr(p, field) * p.positions for p in parts) / max(1, total)
+
+    return RegionScores(kl=mean("kl"), acceptance=mean("acceptance"), agreement=mean("agreement"), positions=total)
+
+
+def score_row(prompts: str, draft: str, m: RegionScores) -> dict[str, Any]:
+    return {"prompts": prompts, "draft": draft, "agreement": round(m.agreement, 4),
+            "acceptance": round(m.acceptance, 4), "kl": round(m.kl, 3)}  # fmt: skip
 
 
 Group = tuple[list[list[int]], list[list[int]] | str]  # prompts, continuations (or "target")
@@ -84,7 +103,7 @@ Group = tuple[list[list[int]], list[list[int]] | str]  # prompts, continuations 
 
 def heldout_groups(dec: Any, args: argparse.Namespace) -> dict[str, Group]:
     """The held-out split's first `--limit` records of each source (prompt kind), teacher-forced on their stored
-    responses; the last group holds them all."""
+    responses."""
     records = [r for p in args.data for r in read_dataset(Path(p))]
     _, val = split(records, args.val_share, args.seed)
     by_kind: dict[str, list[dict[str, Any]]] = {}
@@ -93,8 +112,6 @@ def heldout_groups(dec: Any, args: argparse.Namespace) -> dict[str, Group]:
         if len(kept) < args.limit:
             kept.append(r)
     by_kind = dict(sorted(by_kind.items()))
-    if len(by_kind) > 1:
-        by_kind["all kinds"] = [r for kept in by_kind.values() for r in kept]
     return {
         kind: ([r["ids"][: r["prompt_len"]] for r in kept], [r["ids"][r["prompt_len"] :] for r in kept])
         for kind, kept in by_kind.items()
@@ -109,7 +126,6 @@ def specbench_groups(dec: Any, args: argparse.Namespace) -> dict[str, Group]:
     for q in load_questions(args.question_file)[: args.limit]:
         ids = conversation_ids(dec, [{"role": "user", "content": q.turns[0]}])
         groups.setdefault(q.subtask, ([], "target"))[0].append(ids)
-    groups["overall"] = ([ids for prompts, _ in groups.values() for ids in prompts], "target")
     return groups
 
 

@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 
 import specvlm
-from eval.agreement import heldout_groups
+from eval.agreement import heldout_groups, pool
+from specvlm.potential import RegionScores
 from training.common import split
 from training.prompt_kinds import FOREIGN, ROUND1, ROUND2, Prompt, record_key, round1_prompts, round2_prompts
 from training.selfdistill import answered_prompts, chat_ids, evaluation_prompts
@@ -79,12 +80,13 @@ def test_held_out_agreement_groups_by_kind(tmp_path: Path) -> None:
     args = argparse.Namespace(data=[str(path)], val_share=0.1, seed=0, limit=4)
     groups = heldout_groups(None, args)
     _, val = split(rows, 0.1, 0)
-    assert list(groups) == ["coding", "qa", "rag", "all kinds"]
+    assert list(groups) == ["coding", "qa", "rag"]
     for kind in kinds:
         prompts, conts = groups[kind]
         expected = [r for r in val if r["source"] == kind][:4]
         assert prompts == [r["ids"][:1] for r in expected] and conts == [r["ids"][1:] for r in expected]
-    assert len(groups["all kinds"][0]) == 12
+    pooled = pool([RegionScores(1.0, 0.5, 0.25, 10), RegionScores(3.0, 1.0, 1.0, 30)])
+    assert (pooled.kl, pooled.acceptance, pooled.agreement, pooled.positions) == (2.5, 0.875, 0.8125, 40)
 
 
 def test_a_record_answered_twice_is_never_on_both_sides_of_the_split() -> None:
