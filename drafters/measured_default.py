@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("specvlm")
 
-#: bump when the candidates or prompts change, so older choices are measured again
-VERSION = 1
+#: bump when the candidates, the prompts or the shipped draft change, so older choices are measured again
+VERSION = 2
 #: (draft spec, tree name), simplest first: ties go to the earlier one
 CANDIDATES: tuple[tuple[str, str], ...] = (("ngram", "ar"), ("ngram", "dynamic"), ("trained+ngram", "dynamic"))
 #: a tie within this share of the best tokens/s goes to the simpler candidate
