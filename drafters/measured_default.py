@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from specvlm.drafting import Drafter
     from specvlm.models import TargetModel
 
-log = logging.getLogger("specvlm")
+log = logging.getLogger("specvlm.defaults")  # the `specvlm` command shows it on a terminal only
 
 #: bump when the candidates, the prompts or the shipped draft change, so older choices are measured again
 VERSION = 2

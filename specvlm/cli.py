@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from .draft_spec import SPEC_HELP, spec_arg
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not (args.verbose or args.debug):
         quiet_transformers()
+        if not sys.stderr.isatty():  # the first-use note on the default draft's measurement: a terminal's only
+            logging.getLogger("specvlm.defaults").setLevel(logging.ERROR)
     import specvlm  # heavy: after argument parsing so --help is instant
     from specvlm.mini_vlm import TARGET_ALIAS
 
