@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         default=Path("eval/data/specbench_check.jsonl"),
         help="--on specbench: a Spec-Bench question.jsonl",
     )
-    ap.add_argument("--max-new-tokens", type=int, default=96, help="--on bench: greedy answer length")
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="--on bench / specbench: greedy answer length")
     ap.add_argument("--data", nargs="+", default=["runs/distill/data.jsonl"], help="the training run's JSONL files")
     ap.add_argument("--val-share", type=float, default=0.05, help="as given to training.train")
     ap.add_argument("--seed", type=int, default=0, help="as given to training.train")

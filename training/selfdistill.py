@@ -254,7 +254,7 @@ def build_kinds_dataset(
     stop = stop_ids(tokenizer)
     round1 = round1_prompts(per_kind, random.Random(seed), frozenset(exclude))
     stored = {record_key(r): r for r in read_dataset(out_path)} if out_path.exists() else {}
-    answered_prompts(out_path)  # creates the folder
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     for i in range(0, len(round1), chunk):
         part = round1[i : i + chunk]
         todo = [p for p in part if p.key not in stored]
@@ -295,11 +295,7 @@ def evaluation_prompts() -> set[str]:
     """The bundled held-out questions and instructions and every turn of the bundled Spec-Bench-format question
     files (eval/data), never to be trained on."""
     data = Path(__file__).resolve().parent.parent / "eval" / "data"
-    out = (
-        {r["prompt"] for r in read_dataset(data / "heldout_prompts.jsonl")}
-        if (data / "heldout_prompts.jsonl").exists()
-        else set()
-    )
+    out = {r["prompt"] for path in data.glob("heldout_prompts.jsonl") for r in read_dataset(path)}
     for path in sorted(data.glob("specbench_*.jsonl")):
         out |= {t for r in read_dataset(path) for t in r["turns"]}
     return out
