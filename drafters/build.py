@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specvlm.draft_spec import DraftSpec, parse_spec
 from specvlm.drafting import Drafter
@@ -23,6 +23,9 @@ from .mixture import MixtureDrafter
 from .model import ModelDrafter
 from .ngram import NGramDrafter
 from .shipped import TARGET_NAME, fits, load_shipped
+
+if TYPE_CHECKING:
+    from .measured_default import DefaultWatch
 
 
 def build(
@@ -82,6 +85,16 @@ def default_drafter(target: TargetModel, opts: LoadOptions, draft_tokenizer: Any
     chosen = build(choice.draft, target, opts)
     chosen.default_tree = make_tree(choice.tree)  # the tree it was measured with
     return chosen
+
+
+def default_watch(target: TargetModel, opts: LoadOptions) -> DefaultWatch | None:
+    """For a target whose default draft is measured (the embedded text target): the watch that checks the measured
+    choice against observed rates and can measure it again; None for any other target."""
+    if is_embedded_target(target.model) or not fits(target.model):
+        return None
+    from .measured_default import DefaultWatch
+
+    return DefaultWatch(target, lambda spec: build(spec, target, opts))
 
 
 def layer_skip_drafter(spec: DraftSpec, target: TargetModel) -> Drafter:

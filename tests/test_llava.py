@@ -298,17 +298,11 @@ def test_sampling_runs_and_repeats_with_a_seed(target: LlavaForConditionalGenera
 
 # -- images, prompts and errors with a processor ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def processor() -> Any:
+def processor(embedded_folder: Path) -> Any:
     """A LlavaProcessor: CLIP image processor at 32 px and the embedded SmolLM2 tokenizer plus `<image>`."""
     from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaProcessor
 
-    try:
-        folder = specvlm.embedded.converted_folder()
-    except specvlm.ModelLoadError:
-        pytest.skip("the embedded SmolLM2 is not installed")
-    if not (folder / "tokenizer_config.json").exists():
-        pytest.skip("the embedded SmolLM2 tokenizer is not converted yet (run specvlm once)")
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(embedded_folder)
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return LlavaProcessor(
@@ -447,15 +441,17 @@ def test_text_target_refuses_an_image() -> None:
         specvlm.load(tiny_llama(seed=0), "ngram").generate(shapes(), [1, 2, 3], max_new_tokens=2)
 
 
-def test_mismatched_vocabularies_are_refused(processor: Any, big_llava: LlavaForConditionalGeneration) -> None:
+def test_mismatched_vocabularies_are_refused(
+    processor: Any, big_llava: LlavaForConditionalGeneration, embedded_folder: Path
+) -> None:
     from transformers import AutoTokenizer
 
-    other = AutoTokenizer.from_pretrained(specvlm.embedded.converted_folder())
+    other = AutoTokenizer.from_pretrained(embedded_folder)
     other.add_special_tokens({"additional_special_tokens": ["<other>"]})  # the id `<image>` has in the target
     drafter = ModelDrafter(tiny_llama(seed=0, vocab=len(other)))
     with pytest.raises(specvlm.ModelLoadError, match="tokenizers differ"):
         drafter.check_vocab(len(processor.tokenizer), processor.tokenizer, other)
-    plain = AutoTokenizer.from_pretrained(specvlm.embedded.converted_folder())  # no `<image>`: a subset, accepted
+    plain = AutoTokenizer.from_pretrained(embedded_folder)  # no `<image>`: a subset, accepted
     ModelDrafter(tiny_llama(seed=0, vocab=len(plain))).check_vocab(len(processor.tokenizer), processor.tokenizer, plain)
     with pytest.raises(specvlm.ModelLoadError, match="does not fit"):
         specvlm.load(tiny_llava(seed=0), tiny_llama(seed=0, vocab=4 * VOCAB))
@@ -473,7 +469,11 @@ def test_embedded_text_draft(big_llava: LlavaForConditionalGeneration, processor
 
 # -- the coco_caption CLI ------------------------------------------------------------------------------------------
 def test_coco_caption_cli(
-    big_llava: LlavaForConditionalGeneration, processor: Any, tmp_path: Path, capsys: pytest.CaptureFixture
+    big_llava: LlavaForConditionalGeneration,
+    processor: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    embedded_folder: Path,
 ) -> None:
     from eval import coco_caption
 
@@ -503,7 +503,7 @@ def test_coco_caption_cli(
     tiny_llama(seed=1, vocab=len(processor.tokenizer)).save_pretrained(other)
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(specvlm.embedded.converted_folder())
+    tok = AutoTokenizer.from_pretrained(embedded_folder)
     tok.add_special_tokens({"additional_special_tokens": ["<other>"]})
     tok.save_pretrained(other)
     with pytest.raises(specvlm.ModelLoadError, match="tokenizers differ"):

@@ -37,15 +37,12 @@ def test_rss_and_peak_are_plausible() -> None:
 
 
 @pytest.mark.slow  # ~30 s: two fresh interpreters load torch
-def test_two_fresh_processes_same_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import specvlm
-
-    folder = specvlm.embedded.converted_folder()
-    if not (folder / "tokenizer_config.json").exists():
-        pytest.skip("the embedded SmolLM2 tokenizer is not converted yet (run specvlm once)")
+def test_two_fresh_processes_same_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedded_folder: Path
+) -> None:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(embedded_folder)
     tiny_llama(seed=0, vocab=len(tok), max_positions=1024).save_pretrained(tmp_path / "t")
     tok.save_pretrained(tmp_path / "t")
     out = tmp_path / "m.json"

@@ -78,16 +78,13 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def _single_and_sharded(tmp_path: Path, cli: str, extra: list[str]) -> tuple[Path, Path]:
+def _single_and_sharded(tmp_path: Path, cli: str, extra: list[str], embedded_folder: Path) -> tuple[Path, Path]:
     """Run `python -m eval.<cli>` once alone and once under a two-process `accelerate launch` (on CPU, gloo) with
     a tiny random target and a perturbed copy as draft; returns the two --out paths. Both run in `tmp_path`, so a
     stray file written to the working folder would show there."""
     from transformers import AutoTokenizer
 
-    folder = specvlm.embedded.converted_folder()
-    if not (folder / "tokenizer_config.json").exists():
-        pytest.skip("the embedded SmolLM2 tokenizer is not converted yet (run specvlm once)")
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(embedded_folder)
     target = tiny_llama(seed=0, vocab=len(tok), max_positions=1024)
     models = tmp_path / "models"
     for name, model in (("target", target), ("draft", perturbed_copy(target, scale=0.05, seed=1))):
@@ -117,8 +114,9 @@ def _single_and_sharded(tmp_path: Path, cli: str, extra: list[str]) -> tuple[Pat
 
 
 @pytest.mark.slow  # ~40 s: three interpreters import torch
-def test_cnn_text_two_processes_merge_to_the_single_process_result(tmp_path: Path) -> None:
-    one, two = _single_and_sharded(tmp_path, "cnn_text", ["--limit", "5"])
+def test_cnn_text_two_processes_merge_to_the_single_process_result(tmp_path: Path, embedded_folder: Path) -> None:
+    # fixed tree sizes: the two runs' steps are compared, and trees sized for tokens/s follow each process's timing
+    one, two = _single_and_sharded(tmp_path, "cnn_text", ["--limit", "5", "--fixed-size"], embedded_folder)
     single, sharded_run = _records(one.with_suffix(".jsonl")), _records(two.with_suffix(".jsonl"))
     assert len(single) == len(sharded_run) == 5
     assert [{k: r[k] for k in STABLE} for r in sharded_run] == [{k: r[k] for k in STABLE} for r in single]
@@ -130,9 +128,9 @@ def test_cnn_text_two_processes_merge_to_the_single_process_result(tmp_path: Pat
 
 
 @pytest.mark.slow  # ~40 s
-def test_bench_two_processes_merge_to_the_single_process_result(tmp_path: Path) -> None:
+def test_bench_two_processes_merge_to_the_single_process_result(tmp_path: Path, embedded_folder: Path) -> None:
     extra = ["--limit", "3", "--trees", "ar,chain", "--fixed-size", "--hf", "hf_generate,hf_assisted"]
-    one, two = _single_and_sharded(tmp_path, "bench", extra)
+    one, two = _single_and_sharded(tmp_path, "bench", extra, embedded_folder)
     stable = ("id", "method", "new_tokens", "target_calls", "identical")
     single, sharded_run = _records(one.with_suffix(".jsonl")), _records(two.with_suffix(".jsonl"))
     assert len(single) == 3 * 4

@@ -15,12 +15,13 @@ from specvlm.stopping import StopStrings
 
 PROMPT = [3, 17, 42, 8, 3, 17, 60]
 NEW_TOKENS = 40
+# fixed sizes: a stop string is placed by where one run's target calls ended, for another run to meet
 TREES: list[TreeBuilder] = [
     Autoregressive(),
-    ChainTree(depth=5),
+    ChainTree(depth=5, hardware_aware=False),
     BranchingTree([3, 2, 1, 1, 1]),
-    DynamicTree(budget=12, topk=3, depth=5),
-    OptTree(nodes=12, threshold=0.0, max_depth=6),
+    DynamicTree(budget=12, topk=3, depth=5, hardware_aware=False),
+    OptTree(nodes=12, threshold=0.0, max_depth=6, hardware_aware=False),
 ]
 
 

@@ -17,7 +17,7 @@ import transformers
 from transformers import DynamicCache
 
 from ..errors import ConfigError
-from ..options import cache_root
+from ..options import cache_root, write_cache_json
 from ..tree import TokenTree
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def run_check(target: TargetModel) -> CheckResult:
 
 
 def check_key(target: TargetModel) -> str:
-    from ..costs import cost_key
+    from ..cost_timing import cost_key
 
     return f"{cost_key(target)}-tf{transformers.__version__}-v{CHECK_VERSION}"
 
@@ -149,11 +149,6 @@ def self_check(target: TargetModel, *, use_cache: bool = True) -> CheckResult | 
             f"{result.tolerance:.2g}, argmax {'agrees' if result.argmax_agrees else 'differs'}); decode it with its "
             "own generate()"
         )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(result)}")
-        tmp.write_text(json.dumps({"ok": True, "error": result.error, "tolerance": result.tolerance}))
-        tmp.replace(path)
-    except OSError:
+    if not write_cache_json(path, {"ok": True, "error": result.error, "tolerance": result.tolerance}):
         log.debug("specvlm: could not cache the self-check verdict in %s", path)
     return result
