@@ -18,7 +18,7 @@ log = logging.getLogger("specvlm.firstuse")
 
 def first_use(what: str, cached_in: Path | None = None) -> None:
     where = f" (cached in {cached_in})" if cached_in is not None else ""
-    log.info("specvlm: one-time set-up on this machine: %s%s", what, where)
+    log.info("specvlm: one-time set-up on this machine (later runs skip it): %s%s", what, where)
 
 
 class FirstOnly(logging.Filter):

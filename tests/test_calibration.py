@@ -89,7 +89,7 @@ def test_first_use_notes_show_once_on_a_terminal_and_never_on_a_captured_stderr(
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
-    assert records == ["specvlm: one-time set-up on this machine: converting (cached in /x)"]
+    assert records == ["specvlm: one-time set-up on this machine (later runs skip it): converting (cached in /x)"]
     first_use("timing")  # no handler: the library stays quiet (INFO is below the last-resort level)
     assert capsys.readouterr().err == ""
 
