@@ -16,7 +16,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ COST_REPS = 5  # timed rounds over every size (the fastest counts: other work on
 ATTEMPTS = 3  # measurements at most, while the machine is busy or the curve implausible
 IMPLAUSIBLE = 0.25  # a point this far above the table's plausible shape, or a 1-token cross-check this far off
 MOVED = 0.05  # the corrected table is written back once some size moved this share from the saved one
+RECHECK_S = 600.0  # an untrusted table looks at the machine's load (to measure again if idle) at most this often
 TABLE_VERSION = 1
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,23 @@ def calibrate(target: TargetModel, folder: Path | None = None) -> CostBook:
     return CostBook(done.table, path, record=record)
 
 
+def remeasure_now(
+    path: Path, table: CostTable, record: dict[str, Any], load_now: Callable[[], LoadSample] = current_load
+) -> bool:
+    """Whether a saved table should be measured again now: its measurement was untrusted (busy machine, implausible
+    curve) and the machine is idle now.  The load is looked at once per RECHECK_S per file (the time of the look is
+    kept in the file), so many loads in a row on a busy machine do not each pay for a look."""
+    if (record.get("measured") or {}).get("trusted", True):
+        return False
+    if time.time() - float(record.get("load_checked", 0.0)) < RECHECK_S:
+        return False
+    if not load_now().busy:
+        return True
+    record["load_checked"] = round(time.time(), 1)
+    write_table(path, table, record)
+    return False
+
+
 def cost_book(target: TargetModel, folder: Path | None = None) -> CostBook:
     """The target's cost book from $SPECVLM_CACHE/costs, measured (a few seconds) and saved on first use.  A table
     measured while the machine was busy is measured again when it is idle now; any table is corrected as the engine
@@ -238,8 +256,7 @@ def cost_book(target: TargetModel, folder: Path | None = None) -> CostBook:
             if saved.get("version") == TABLE_VERSION:
                 table = CostTable.from_dict(saved["target_ms"])
                 record = {k: v for k, v in saved.items() if k not in ("version", "key", "target_ms")}
-                measured = record.get("measured") or {}
-                if measured.get("trusted", True) or current_load().busy:
+                if not remeasure_now(path, table, record):
                     return CostBook(table, path, record=record)
         except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError):
             pass  # a damaged file is measured again

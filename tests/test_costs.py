@@ -15,9 +15,10 @@ from conftest import perturbed_copy, tiny_llama
 from drafters import ModelDrafter
 from specvlm.builders import ChainTree, DynamicTree, OptTree, TreeBuilder
 from specvlm.builders.growing import StepLimits
-from specvlm.cost_timing import CostBook, cost_book, cost_key
+from specvlm.cost_timing import CostBook, cost_book, cost_key, remeasure_now
 from specvlm.costs import AcceptanceFit, CostLearner, CostTable, SpeedModel, corrected, plausible
 from specvlm.drafting import DraftContext
+from specvlm.machine_load import LoadSample
 from specvlm.models import TargetModel
 from specvlm.sampling import Sampling
 
@@ -193,6 +194,18 @@ def test_tree_predicted_is_the_kept_path_mass() -> None:
     tree = ChainTree(depth=3).build(session, 29, StepLimits(8, 64), Sampling(), torch.Generator().manual_seed(0))
     assert tree.size == tree_size == 4
     assert 0.0 < tree.predicted <= 3.0 and math.isfinite(tree.predicted)
+
+
+def test_an_untrusted_table_is_measured_again_when_idle_and_looks_at_the_load_seldom(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    busy, idle = (lambda: LoadSample(0.6, 0.3)), (lambda: LoadSample(0.0, 0.3))
+    assert not remeasure_now(path, BUSY, {"measured": {"trusted": True}}, idle)  # a trusted measurement stands
+    assert not remeasure_now(path, BUSY, {}, idle)  # so does a table written before the load check
+    record = {"measured": {"trusted": False}}
+    assert remeasure_now(path, BUSY, dict(record), idle)
+    assert not remeasure_now(path, BUSY, record, busy) and "load_checked" in record  # busy now: look again later
+    assert json.loads(path.read_text())["load_checked"] == record["load_checked"]
+    assert not remeasure_now(path, BUSY, record, idle)  # looked a moment ago: not before RECHECK_S
 
 
 class FakeClock:
