@@ -86,6 +86,9 @@ def show_notes(verbose: bool) -> None:
     else:
         return
     logger.setLevel(logging.INFO)
+    for old in [h for h in logger.handlers if getattr(h, "name", None) == "specvlm-cli"]:
+        logger.removeHandler(old)  # main() called again in one process (tests, notebooks): one handler, not two
+    handler.set_name("specvlm-cli")
     logger.addHandler(handler)
 
 
