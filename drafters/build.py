@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from specvlm.draft_spec import DraftSpec, parse_spec
+from specvlm.draft_spec import HEAD_KINDS, DraftSpec, parse_spec
 from specvlm.drafting import Drafter
 from specvlm.embedded import load_embedded
 from specvlm.errors import ConfigError
@@ -15,13 +15,16 @@ from specvlm.models import TargetModel
 from specvlm.options import LoadOptions
 from specvlm.trees import make_tree
 
+from .eagle import EagleDrafter
 from .exits import SHIPPED_EXITS, load_exit
 from .feature_draft import is_feature_draft, load_feature_draft
 from .followers import FollowerDrafter
 from .layerskip import LayerSkipDrafter, decoder_layers
+from .medusa import MedusaDrafter
 from .mixture import MixtureDrafter
 from .model import ModelDrafter
 from .ngram import NGramDrafter
+from .published import Checkpoint, hub_head, is_published, read_checkpoint
 from .shipped import TARGET_NAME, fits, load_shipped
 
 if TYPE_CHECKING:
@@ -60,17 +63,28 @@ def build(
         return NGramDrafter(max_n=spec.n or 3)
     if spec.kind == "layerskip":
         return layer_skip_drafter(spec, target)
+    if spec.kind in HEAD_KINDS:
+        return published_drafter(read_checkpoint(str(spec.path), force=spec.kind), target)
     if spec.kind == "embedded":
         model, tok = load_embedded(opts)
         drafter = ModelDrafter(model, name="embedded")
     elif spec.path is not None and is_feature_draft(spec.path):
         return load_feature_draft(spec.path, target.model)
+    elif spec.path is not None and (is_published(spec.path) or hub_head(spec.path)):
+        return published_drafter(read_checkpoint(spec.path), target)
     else:
         loaded = load_model(spec.path, opts)
         model, tok = loaded.model, loaded.tokenizer
         drafter = ModelDrafter(model, name=spec.text, processor=loaded.processor)
     drafter.check_vocab(target.vocab_size, target.tokenizer, draft_tokenizer if draft_tokenizer is not None else tok)
     return drafter
+
+
+def published_drafter(ck: Checkpoint, target: TargetModel) -> Drafter:
+    """An EAGLE-3 / EAGLE-1/2 or Medusa checkpoint attached to `target` (shapes checked before any decoding)."""
+    if ck.layout == "medusa":
+        return MedusaDrafter(ck, target)
+    return EagleDrafter(ck, target)
 
 
 def default_drafter(target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None) -> Drafter:

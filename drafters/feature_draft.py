@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -108,26 +108,45 @@ def target_head(target: PreTrainedModel) -> tuple[nn.Embedding, torch.Tensor]:
     return target.get_input_embeddings(), target.get_output_embeddings().weight
 
 
+class FeatureFed(Protocol):
+    """What a `FeatureSession` drafts with: the feature draft here, and published EAGLE heads (drafters/eagle.py)."""
+
+    lean: Any  # a forward (features, token_embeds, positions, mask, cache) -> [K, H] with `new_cache`, or None
+    model: Any  # the HF module drafted through when `lean` is None
+    embed: nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    skips_first_token: bool  # the draft sequence starts at the prompt's second token (EAGLE's alignment)
+
+    def full_logits(self, feats: torch.Tensor) -> torch.Tensor: ...
+
+    def real_features(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
 class FeatureSession(TreeFedSession):
     """Draft cache = committed tokens fed with the target's real features, + this step's tree nodes.
 
     `pending` tokens are committed but not yet fed; `pending_feats` holds the target feature of each one's
     predecessor.  Tree nodes are fed with predicted features, so after a step only the root is kept and the
-    accepted tokens are fed again with the target's real features (the EAGLE re-feed).
+    accepted tokens are fed again with the target's real features (the EAGLE re-feed).  The first prompt token is
+    fed with a zero feature, or left out when the drafter `skips_first_token` (a one-token prompt keeps it).
     """
 
     supports_skips = True
 
-    def __init__(self, drafter: FeatureDrafter, prompt_ids: list[int], target_hidden: torch.Tensor):
-        super().__init__(prompt_ids)
+    def __init__(self, drafter: FeatureFed, prompt_ids: list[int], target_hidden: torch.Tensor):
+        skip = drafter.skips_first_token and len(prompt_ids) > 1
+        super().__init__(prompt_ids[1:] if skip else prompt_ids)
         self.d = drafter
         self.cache: LeanKV | DynamicCache = (
             drafter.lean.new_cache(capacity=2 * len(prompt_ids) + 64)
             if drafter.lean is not None
             else DynamicCache(config=drafter.model.config)
         )
-        zero = target_hidden.new_zeros(1, target_hidden.shape[-1])
-        self.pending_feats = torch.cat([zero, target_hidden[: len(prompt_ids) - 1]])  # [P, H]
+        before = target_hidden[: len(prompt_ids) - 1]  # [P - 1, F] the feature before each token from the second
+        if not skip:
+            before = torch.cat([target_hidden.new_zeros(1, target_hidden.shape[-1]), before])  # [P, F]
+        self.pending_feats = drafter.real_features(before)  # [P or P - 1, H]
         self.out: dict[int, torch.Tensor] = {}  # node -> predicted feature [H]
         self.hidden: torch.Tensor | None = None  # target hidden states of the last scored tree [N, H]
 
@@ -183,7 +202,7 @@ class FeatureSession(TreeFedSession):
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         if self.hidden is None:
             raise RuntimeError("the feature draft needs the target's hidden states of the scored tree")
-        feats = self.hidden[torch.tensor(path, device=self.hidden.device)]  # [len(path), H]
+        feats = self.d.real_features(self.hidden[torch.tensor(path, device=self.hidden.device)])  # [len(path), H]
         if self.pending:  # never asked this step (a mixture drafted without it): feed everything next time
             self.pending += list(new_tokens)
             self.pending_feats = torch.cat([self.pending_feats, feats])
@@ -208,6 +227,7 @@ class FeatureDrafter(Drafter):
     """
 
     needs_target_hidden = True
+    skips_first_token = False  # the first token is fed with a zero feature, as in training
 
     def __init__(self, model: FeatureDraftModel, target: PreTrainedModel, name: str = "feature", lean: bool = True):
         cfg = model.config
@@ -229,6 +249,10 @@ class FeatureDrafter(Drafter):
         self.lean: LeanFeatureForward | None = LeanFeatureForward(self.model) if use_lean else None
         tree = getattr(cfg, "specvlm_default_tree", None)  # the tree measured best with this draft, if saved
         self.default_tree = tree_from_spec(tree) if tree else None
+
+    def real_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The target's last hidden states are this draft's features as they are: [K, H] -> [K, H]."""
+        return hidden
 
     def full_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Reduced-head logits scattered into the target vocabulary (other tokens -inf): [K, H] -> [K, V]."""

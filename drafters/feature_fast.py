@@ -52,6 +52,69 @@ def rope_frequencies(config: LlamaConfig) -> tuple[torch.Tensor, float]:
     return inv_freq.float(), float(scale)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in float32, scaled by `weight` in the input's dtype.  [L, H] -> [L, H]"""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def rope_tables(
+    positions: torch.Tensor, inv_freq: torch.Tensor, scale: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [L, D] in `dtype` for integer positions [L] and inverse frequencies [D / 2]."""
+    freqs = positions[:, None].float() * inv_freq[None]  # [L, D / 2]
+    angles = torch.cat([freqs, freqs], dim=-1)  # [L, D]
+    return (angles.cos() * scale).to(dtype), (angles.sin() * scale).to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, x: [heads, L, D], cos/sin: [L, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # [heads, L, D]
+    return x * cos + rotated * sin
+
+
+def grouped_mask(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """An additive mask [L, S] repeated for the `groups` query heads that share a key/value head: [1, 1, g L, S]."""
+    n, total = mask.shape
+    return mask.to(dtype)[None].expand(groups, n, total).reshape(1, 1, groups * n, total)
+
+
+def reserve_for(cache: LeanKV, mask: torch.Tensor, n: int) -> int:
+    """Check that `mask` is [n, past + n] for n new tokens after the cache's `past`, grow the cache; return past."""
+    past = cache.length
+    if mask.shape != (n, past + n):
+        raise ValueError(f"mask must be [{n}, {past + n}] for {n} tokens after {past}, got {list(mask.shape)}")
+    cache.reserve(n)
+    return past
+
+
+def cached_attention(
+    q: torch.Tensor,  # [L, heads D]
+    k: torch.Tensor,  # [L, kv D]
+    v: torch.Tensor,  # [L, kv D]
+    cache: LeanKV,
+    layer: int,
+    att_mask: torch.Tensor,  # [1, 1, g L, past + L] from `grouped_mask`
+    rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin [L, D]
+    heads: int,
+    kv_heads: int,
+) -> torch.Tensor:
+    """RoPE, write this step's keys/values into `cache` (entries past .. past + L of `layer`; the caller advances
+    `cache.length`), attend with grouped-query heads folded into the query rows: returns [L, heads D]."""
+    n, past = int(q.shape[0]), cache.length
+    d, g, total = q.shape[-1] // heads, heads // kv_heads, cache.length + int(q.shape[0])
+    cos, sin = rope
+    cache.keys[layer, :, past:total] = rotate(k.view(n, kv_heads, d).transpose(0, 1), cos, sin)  # [kv, L, D]
+    cache.values[layer, :, past:total] = v.view(n, kv_heads, d).transpose(0, 1)
+    q = rotate(q.view(n, heads, d).transpose(0, 1), cos, sin).reshape(kv_heads, g * n, d)  # [kv, g L, D]
+    att = F.scaled_dot_product_attention(
+        q[None], cache.keys[layer, :, :total][None], cache.values[layer, :, :total][None], attn_mask=att_mask
+    )  # [1, kv, g L, D]: head = kv * g + j
+    return att.view(heads, n, d).transpose(0, 1).reshape(n, heads * d)  # [L, heads D]
+
+
 class LeanKV:
     """Keys and values of every draft layer: [layers, kv_heads, capacity, head_dim] each, `length` filled.
 
@@ -142,25 +205,6 @@ class LeanFeatureForward:
     def new_cache(self, capacity: int = 512) -> LeanKV:
         return LeanKV(len(self.layers), self.kv_heads, self.head_dim, self.dtype, self.device, capacity)
 
-    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm in float32, scaled by `weight` in the model dtype.  [L, H] -> [L, H]"""
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * x32.to(x.dtype)
-
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [L, D] in the model dtype for integer positions [L]."""
-        freqs = positions[:, None].float() * self.inv_freq[None]  # [L, D / 2]
-        angles = torch.cat([freqs, freqs], dim=-1)  # [L, D]
-        return (angles.cos() * self.rope_scale).to(self.dtype), (angles.sin() * self.rope_scale).to(self.dtype)
-
-    @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x * cos + rotate_half(x) * sin, x: [heads, L, D], cos/sin: [L, D]."""
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # [heads, L, D]
-        return x * cos + rotated * sin
-
     @torch.inference_mode()
     def __call__(
         self,
@@ -170,30 +214,17 @@ class LeanFeatureForward:
         mask: torch.Tensor,  # [L, past + L] additive (0 / dtype min), past = cache.length
         cache: LeanKV,
     ) -> torch.Tensor:
-        n, past = int(features.shape[0]), cache.length
-        if mask.shape != (n, past + n):
-            raise ValueError(f"mask must be [{n}, {past + n}] for {n} tokens after {past}, got {list(mask.shape)}")
-        cache.reserve(n)
-        total, g, d = past + n, self.groups, self.head_dim
-        q_width, kv_width = self.heads * d, self.kv_heads * d
-        # each key/value head serves g query heads: their rows share one attention call, so the mask repeats g times
-        att_mask = mask.to(self.dtype)[None].expand(g, n, total).reshape(1, 1, g * n, total)  # [1, 1, g L, S]
-        cos, sin = self._rope(positions)  # [L, D]
+        n = int(features.shape[0])
+        past = reserve_for(cache, mask, n)
+        q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        att_mask = grouped_mask(mask, self.groups, self.dtype)  # [1, 1, g L, S]
+        rope = rope_tables(positions, self.inv_freq, self.rope_scale, self.dtype)  # cos, sin [L, D]
         h = self.fuse(torch.cat([features, token_embeds], dim=-1).to(self.dtype))  # [L, H]
         for i, w in enumerate(self.layers):
-            qkv = w.qkv(self._rms(h, w.ln1))  # [L, (heads + 2 kv) D]
-            q = qkv[:, :q_width].view(n, self.heads, d).transpose(0, 1)  # [heads, L, D]
-            k = qkv[:, q_width : q_width + kv_width].view(n, self.kv_heads, d).transpose(0, 1)  # [kv, L, D]
-            v = qkv[:, q_width + kv_width :].view(n, self.kv_heads, d).transpose(0, 1)  # [kv, L, D]
-            cache.keys[i, :, past:total] = self._rotate(k, cos, sin)
-            cache.values[i, :, past:total] = v
-            q = self._rotate(q, cos, sin).reshape(self.kv_heads, g * n, d)  # [kv, g L, D]: head = kv * g + j
-            att = F.scaled_dot_product_attention(
-                q[None], cache.keys[i, :, :total][None], cache.values[i, :, :total][None], attn_mask=att_mask
-            )  # [1, kv, g L, D]
-            att = att.view(self.heads, n, d).transpose(0, 1).reshape(n, q_width)  # [L, heads D]
-            h = h + w.o(att)  # [L, H]
-            gate, up = w.gate_up(self._rms(h, w.ln2)).chunk(2, dim=-1)  # [L, I] each
+            qkv = w.qkv(rms_norm(h, w.ln1, self.eps))  # [L, (heads + 2 kv) D]
+            q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
+            h = h + w.o(cached_attention(q, k, v, cache, i, att_mask, rope, self.heads, self.kv_heads))  # [L, H]
+            gate, up = w.gate_up(rms_norm(h, w.ln2, self.eps)).chunk(2, dim=-1)  # [L, I] each
             h = h + w.down(F.silu(gate) * up)  # [L, H]
-        cache.length = total
-        return self._rms(h, self.norm)  # [L, H], final-normed like the target's last hidden state
+        cache.length = past + n
+        return rms_norm(h, self.norm, self.eps)  # [L, H], final-normed like the target's last hidden state

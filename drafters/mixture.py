@@ -14,6 +14,7 @@ alone), so verification stays exact.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -38,9 +39,33 @@ def mix_logits(parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     return torch.where(q > 0, q.log(), torch.full_like(q, -math.inf)).to(parts[0].device)
 
 
+def joined_layers(drafters: list[Drafter]) -> tuple[int, ...]:
+    """The target layers a mixture asks for: every hidden-state part's `target_layers`, each layer once, in order."""
+    out: list[int] = []
+    for d in drafters:
+        if d.needs_target_hidden:
+            out += [i for i in d.target_layers if i not in out]
+    return tuple(out) or (-1,)
+
+
+def layer_slice(states: torch.Tensor, have: tuple[int, ...], want: tuple[int, ...]) -> torch.Tensor:
+    """The columns of `want` out of hidden states laid side by side as `have`: [N, len(have) H] -> [N, len(want) H]."""
+    if want == have:
+        return states
+    width = states.shape[-1] // len(have)
+    return torch.cat([states[:, have.index(i) * width : (have.index(i) + 1) * width] for i in want], dim=-1)
+
+
 class MixtureSession(DraftSession):
-    def __init__(self, sessions: list[DraftSession], weights: list[float], copy_gate: int = 0):
+    def __init__(
+        self,
+        sessions: list[DraftSession],
+        weights: list[float],
+        copy_gate: int = 0,
+        layers: list[tuple[tuple[int, ...], tuple[int, ...]] | None] | None = None,
+    ):
         self.sessions = sessions
+        self.layers = layers or [None] * len(sessions)  # per session: (the mixture's layers, its own), or None
         self.weights = weights
         self.wants_target_feedback = any(s.wants_target_feedback for s in sessions)
         copier = next((s for s in sessions if isinstance(s, NGramSession)), None) if copy_gate else None
@@ -71,8 +96,9 @@ class MixtureSession(DraftSession):
                 s.observe(tokens, parents, target_top)
 
     def observe_hidden(self, hidden: torch.Tensor) -> None:
-        for s in self.sessions:
-            s.observe_hidden(hidden)
+        for s, layers in zip(self.sessions, self.layers, strict=True):
+            if layers is not None:
+                s.observe_hidden(layer_slice(hidden, *layers))
 
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         for s in self.sessions:
@@ -99,9 +125,17 @@ class MixtureDrafter(Drafter):
         self.copy_gate = copy_gate
         self.name = "+".join(d.name for d in drafters)
         self.needs_target_hidden = any(d.needs_target_hidden for d in drafters)
+        self.target_layers = joined_layers(drafters)  # each part is handed its own layers' columns
         self.handles_images = any(d.handles_images for d in drafters)  # each part gets the context it declared
         self.default_tree = next((d.default_tree for d in drafters if d.default_tree is not None), None)
 
     def session(self, context: DraftContext) -> DraftSession:
-        sessions = [d.session(context.for_drafter(d)) for d in self.drafters]  # a text part sees the text only
-        return MixtureSession(sessions, self.weights, self.copy_gate)
+        sessions, layers = [], []
+        for d in self.drafters:
+            ctx = context.for_drafter(d)  # a text part sees the text only
+            own = (self.target_layers, d.target_layers) if d.needs_target_hidden else None
+            if own is not None and ctx.target_hidden is not None:
+                ctx = dataclasses.replace(ctx, target_hidden=layer_slice(ctx.target_hidden, *own))
+            sessions.append(d.session(ctx))
+            layers.append(own)
+        return MixtureSession(sessions, self.weights, self.copy_gate, layers)

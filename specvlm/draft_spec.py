@@ -2,10 +2,11 @@
 
     spec     := "" | mixture | part "+followers" | "+followers"
     mixture  := part ("+" part)+ ["@" N]            N: the copy gate, an n-gram length (0 = off)
-    part     := "trained" | "embedded" | ngram | layerskip | MODEL
+    part     := "trained" | "embedded" | ngram | layerskip | head | MODEL
     ngram    := ("ngram" | "prompt-lookup") [":" N]  1 <= N <= 16 (default 3)
     layerskip:= ("layerskip" | "layer-skip") ":" K [":" FOLDER]   1 <= K < layers; FOLDER "trained": shipped exits
-    MODEL    := a hub id, a folder (a model or a trained feature draft) or a .gguf file
+    head     := ("eagle3" | "eagle" | "medusa") ":" PATH   a published EAGLE-3, EAGLE-1/2 or Medusa-1 checkpoint
+    MODEL    := a hub id, a folder (a model, a trained feature draft, a published head: detected) or a .gguf file
 
 An empty spec (None) is the default draft. A path that exists is always a MODEL, even with "+" in its name.
 `drafters.build.build(spec, target, opts)` turns a parsed spec into a Drafter.
@@ -24,12 +25,17 @@ from .errors import ConfigError
 #: what `specvlm.load(draft=...)` and every CLI's --draft accept, for help texts
 SPEC_HELP = (
     "'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), 'trained' (the shipped draft of the embedded target), "
-    "'layerskip:K[:FOLDER]' (the target's first K layers; FOLDER or 'trained': a trained exit), 'embedded' "
+    "'layerskip:K[:FOLDER]' (the target's first K layers; FOLDER or 'trained': a trained exit), 'eagle3:PATH', "
+    "'eagle:PATH' or 'medusa:PATH' (a published EAGLE-3, EAGLE-1/2 or Medusa head, folder or hub id), 'embedded' "
     "(SmolLM2-135M as a draft), 'A+B[@N]' (a mixture; N = its copy gate, 0 = off), 'SPEC+followers', or a hub id, "
     "folder or .gguf file (default: measured for the embedded target, else ngram)"
 )
 #: what a spec names (`DraftSpec.kind`)
-DraftKind = Literal["default", "followers", "mixture", "trained", "embedded", "ngram", "layerskip", "model"]
+DraftKind = Literal[
+    "default", "followers", "mixture", "trained", "embedded", "ngram", "layerskip", "eagle3", "eagle", "medusa", "model"
+]
+#: the published-head prefixes (`eagle3:PATH`): the layout read is forced
+HEAD_KINDS = ("eagle3", "eagle", "medusa")
 NGRAM_MAX = 16
 
 
@@ -80,6 +86,11 @@ def parse_spec(text: str | os.PathLike | None) -> DraftSpec:
         _, _, rest = spec.partition(":")
         k, _, folder = rest.partition(":")  # K is checked against the target's layer count when built
         return DraftSpec("layerskip", spec, n=int(k) if k.isdigit() else None, path=folder or None)
+    kind, colon, path = spec.partition(":")
+    if colon and kind in HEAD_KINDS:
+        if not path.strip():
+            raise ConfigError(f"bad draft {spec!r}: write '{kind}:PATH' with PATH a folder or hub id")
+        return DraftSpec(kind, spec, path=path.strip())  # type: ignore[arg-type]
     return DraftSpec("model", spec, path=spec)
 
 

@@ -1,7 +1,8 @@
 """The drafter contract: a frozen `DraftContext` in, a `DraftSession` out, and the capabilities a drafter declares.
 
-A `Drafter` holds weights (or none) and declares what it needs and takes: `needs_target_hidden` (the target's last
-hidden states) and `handles_images` (it reads `DraftContext.images` itself). `session(context)` starts one
+A `Drafter` holds weights (or none) and declares what it needs and takes: `needs_target_hidden` (the target's
+hidden states: by default the last, final-normed; `target_layers` names others, e.g. EAGLE-3's three) and
+`handles_images` (it reads `DraftContext.images` itself). `session(context)` starts one
 generation; the engine then calls `prefill()` once (the draft's prompt cost counts as prefill), and in every step the
 tree builder asks `logits` at the nodes it expands; after the target verified the tree, `commit` tells the session
 which path was kept and which tokens were added. Wrappers (`WrappingDrafter`) derive their capabilities from what
@@ -28,8 +29,9 @@ class DraftContext:
 
     prompt_ids: tuple[int, ...]  # the target's ids, image tokens included; the last one is the first root
     vocab_size: int  # the target's vocabulary: sessions return [K, vocab_size] logits
-    #: [L - 1, H] the target's last hidden states (final-normed) at every prompt position but the last; given to
-    #: drafters that declare `needs_target_hidden`, else None
+    #: [L - 1, k H] the target's hidden states at every prompt position but the last (the drafter's
+    #: `target_layers`, k of them side by side; by default the last, final-normed); given to drafters that declare
+    #: `needs_target_hidden`, else None
     target_hidden: torch.Tensor | None = None
     images: ImagePrompt | None = None  # a VLM target's images (pixel values, token counts); None for text prompts
 
@@ -81,8 +83,8 @@ class DraftSession(ABC):
         """The target's most likely next token after each node of the tree it just scored (before `commit`)."""
 
     def observe_hidden(self, hidden: torch.Tensor) -> None:  # noqa: B027 - optional
-        """The target's last hidden state (final-normed) at every node of the tree it just scored: [N, H].
-        Called before `commit` when the drafter sets `needs_target_hidden`."""
+        """The target's hidden states at every node of the tree it just scored: [N, k H] (the drafter's
+        `target_layers`). Called before `commit` when the drafter sets `needs_target_hidden`."""
 
 
 class Drafter(ABC):
@@ -92,6 +94,9 @@ class Drafter(ABC):
     #: True: the context carries the target's last hidden states (`DraftContext.target_hidden`) and the session gets
     #: `observe_hidden` after each tree forward
     needs_target_hidden: bool = False
+    #: which of the target's `output_hidden_states` the session gets, side by side on the last dim (transformers'
+    #: numbering: 0 = the embeddings, i = the input of decoder layer i, -1 = the last, final-normed)
+    target_layers: tuple[int, ...] = (-1,)
     #: True: the session reads `DraftContext.images` itself (a VLM draft); False: for a VLM target it is given the
     #: text-only context (`DraftContext.text_only`) by whoever wraps it
     handles_images: bool = False
@@ -119,6 +124,10 @@ class WrappingDrafter(Drafter):
     @property
     def needs_target_hidden(self) -> bool:  # type: ignore[override]
         return self.base.needs_target_hidden
+
+    @property
+    def target_layers(self) -> tuple[int, ...]:  # type: ignore[override]
+        return self.base.target_layers
 
     @property
     def handles_images(self) -> bool:  # type: ignore[override]

@@ -81,7 +81,8 @@ def decode(
     costs, fit = (target.cost_book() if sized else None), AcceptanceFit()
     # a VLM's image prefix enters the cache here (the whole prompt, for a family whose prompt is a bidirectional
     # prefix: then the first root's logits come from this prefill)
-    prefilled = target.start(ids, cache, hidden=feed_hidden, **(request.model_inputs or {}))
+    layers = drafter.target_layers  # which hidden states the draft reads (the forward gives them at no extra call)
+    prefilled = target.start(ids, cache, hidden=feed_hidden, layers=layers, **(request.model_inputs or {}))
     prefix_hidden = prefilled.hidden
     first_root: Prefilled | None = prefilled if prefilled.root_logits is not None else None
     draft_start = time.perf_counter()
@@ -111,7 +112,7 @@ def decode(
             # 2. score every node in one target forward
             past = length - 1
             logits, hidden = target.score_with_hidden(
-                tree, cache, hidden=feed_hidden, root=first_root, delta=prefilled.delta
+                tree, cache, hidden=feed_hidden, root=first_root, delta=prefilled.delta, layers=layers
             )  # [N, V], [N, H] or None
             if costs is not None:
                 target.synchronize()  # the forward's own time (verification would wait for it next anyway)

@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 from .builders.simple import template_from_branching
 from .errors import GrowmapError, SpecVLMError
+from .safe_load import load_torch_file
 
 FORMAT = "specvlm-growmap"
 VERSION = 1
@@ -289,20 +288,7 @@ def _check_sequoia_levels(roots: object, branches: object, succ: list[list[int]]
 
 
 def _load_torch(path: Path) -> object:
-    import torch
-
-    try:
-        with warnings.catch_warnings():  # old pickle protocols: torch warns, the weights-only reader still decides
-            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GrowmapError(
-            f"refused to load {path}: it holds pickled code or objects, and loading it could run code. specvlm "
-            f"reads growmaps with weights_only=True and never executes a file ({first[:160]})"
-        ) from err
-    except Exception as err:  # torch raises RuntimeError, KeyError, EOFError... for a file it cannot parse
-        raise GrowmapError(f"{path} is not a readable torch file ({type(err).__name__}: {err}"[:300] + ")") from err
+    return load_torch_file(path, "growmaps", GrowmapError)
 
 
 # -- files --------------------------------------------------------------------------------------------------------

@@ -60,10 +60,24 @@ class Prefilled:
     """What the prompt's prefill hands the loop: hidden states of the positions before the first root, the first
     root's logits when they come from the prefill (prefix-attention families), and the prompt's position delta."""
 
-    hidden: torch.Tensor | None  # [L - 1, H] final-normed, when asked for
+    hidden: torch.Tensor | None  # [L - 1, k H] the asked layers side by side, when asked for
     root_logits: torch.Tensor | None  # [V]: the root is already in the cache (None: the first tree scores it)
-    root_hidden: torch.Tensor | None  # [H]
+    root_hidden: torch.Tensor | None  # [k H]
     delta: int  # M-RoPE: text positions after the prompt are logical + delta
+
+
+#: the hidden states most drafts read: the last, final-normed
+LAST: tuple[int, ...] = (-1,)
+
+
+def picked_states(states: tuple[torch.Tensor, ...], layers: tuple[int, ...], n: int | None) -> torch.Tensor:
+    """The hidden states `layers` (transformers' `output_hidden_states` numbering: 0 = embeddings, i = the input of
+    decoder layer i, -1 = the last, final-normed) of batch row 0, first `n` positions (None: all), side by side:
+    len(layers) x [1, L, H] -> [n, len(layers) H]."""
+    if not states:
+        raise ValueError("the model returned no hidden states")
+    cut = slice(None) if n is None else slice(0, n)
+    return torch.cat([states[i][0, cut] for i in layers], dim=-1)
 
 
 def per_token_slice(inputs: dict[str, Any], length: int) -> dict[str, Any]:
@@ -178,16 +192,25 @@ class TargetModel:
         )
 
     @torch.inference_mode()
-    def start(self, ids: list[int], cache: DynamicCache, *, hidden: bool = False, **model_inputs: Any) -> Prefilled:
+    def start(
+        self,
+        ids: list[int],
+        cache: DynamicCache,
+        *,
+        hidden: bool = False,
+        layers: tuple[int, ...] = LAST,
+        **model_inputs: Any,
+    ) -> Prefilled:
         """The prompt's prefill for the decoding loop: all but the last token (the first root, scored with the first
-        tree), or the whole prompt for prefix-attention families, whose root logits come from it."""
+        tree), or the whole prompt for prefix-attention families, whose root logits come from it. `hidden`: keep the
+        hidden states `layers` (see `picked_states`) of the prefilled positions."""
         delta = rope_delta(self.model, self.scheme, torch.tensor([ids], device=self.device), model_inputs)
         whole = self.scheme.prefix_attention
         out = self.prefill(ids if whole else ids[:-1], cache, hidden=hidden, **model_inputs)
         settle(cache)  # sliding layers keep only their window of the prompt
-        states = out.hidden_states[-1][0] if hidden and out is not None else None  # [L', H]
+        states = picked_states(out.hidden_states, layers, None) if hidden and out is not None else None  # [L', kH]
         if hidden and states is None:
-            states = torch.zeros(0, self.hidden_size, dtype=self.dtype, device=self.device)
+            states = torch.zeros(0, self.hidden_size * len(layers), dtype=self.dtype, device=self.device)
         if not whole:
             return Prefilled(states, None, None, delta)
         return Prefilled(
@@ -208,15 +231,17 @@ class TargetModel:
         *,
         root: Prefilled | None = None,
         delta: int = 0,
+        layers: tuple[int, ...] = LAST,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`score`, plus the last hidden state (final-normed) at every node when `hidden`: ([N, V], [N, H]).
+        """`score`, plus the hidden states `layers` at every node when `hidden`: ([N, V], [N, k H]); by default the
+        last (final-normed). The same forward gives them: asking costs no extra target call.
 
         `root`: the root is already in the cache with these logits (a prefix-attention prompt's first step): only
         the nodes below it are fed. `delta`: the prompt's position shift (M-RoPE)."""
         past = int(cache.get_seq_length())
         tokens, parents, depth = tree.tokens, tree.parents, tree.depth
         if root is not None and root.root_logits is not None:
-            return self._below_root(tree, cache, hidden, root, delta)
+            return self._below_root(tree, cache, hidden, root, delta, layers)
         n = tree.size
         if 1 < n < self.pad_to:  # fp32 forwards of 2-3 tokens are slower than of 4 on CPU: pad with copies of the root
             extra = self.pad_to - n
@@ -226,10 +251,10 @@ class TargetModel:
         m = int(tokens.shape[0])
         allowed = torch.ones(m, past + m, dtype=torch.bool)  # [N', past + N']
         allowed[:, past:] = ancestor_matrix(parents.cpu())
-        return self._forward_nodes(tokens, depth.cpu() + past, allowed, cache, n, hidden, delta)
+        return self._forward_nodes(tokens, depth.cpu() + past, allowed, cache, n, hidden, delta, layers)
 
     def _below_root(
-        self, tree: TokenTree, cache: DynamicCache, hidden: bool, root: Prefilled, delta: int
+        self, tree: TokenTree, cache: DynamicCache, hidden: bool, root: Prefilled, delta: int, layers: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Nodes 1.. of `tree` on a cache that already holds the root (at its last entry)."""
         first = root.root_logits[None]  # [1, V]
@@ -241,7 +266,7 @@ class TargetModel:
         allowed = torch.ones(m, past + m, dtype=torch.bool)  # [N - 1, past + N - 1]
         allowed[:, past:] = ancestor_matrix(tree.parents.cpu())[1:, 1:]
         logits, states = self._forward_nodes(
-            tree.tokens[1:], tree.depth[1:].cpu() + past - 1, allowed, cache, m, hidden, delta
+            tree.tokens[1:], tree.depth[1:].cpu() + past - 1, allowed, cache, m, hidden, delta, layers
         )
         return torch.cat([first, logits]), (torch.cat([first_h, states]) if hidden and first_h is not None else None)
 
@@ -254,6 +279,7 @@ class TargetModel:
         n: int,
         hidden: bool,
         delta: int,
+        layers: tuple[int, ...] = LAST,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed `tokens` [M] at logical `positions` [M] seeing `allowed` [M, past + M]; logits of the first n."""
         past = allowed.shape[1] - allowed.shape[0]
@@ -270,4 +296,4 @@ class TargetModel:
             logits_to_keep=torch.arange(n, device=self.device),  # no lm_head work for the padding
             output_hidden_states=hidden,
         )
-        return out.logits[0, :n], (out.hidden_states[-1][0, :n] if hidden else None)  # [n, V], [n, H]
+        return out.logits[0, :n], (picked_states(out.hidden_states, layers, n) if hidden else None)  # [n, V], [n, kH]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import torch
@@ -277,13 +278,16 @@ def chi_square(sampled: Sampled, temperature: float) -> tuple[float, int]:
     return float(chisquare(torch.tensor(observed).numpy(), want.numpy()).pvalue), len(expected)
 
 
-def sample(name: str) -> Sampled:
-    draws = DRAWS[name]
+def sample(name: str, draft: Callable[[PreTrainedModel], Any] | None = None, draws: int | None = None) -> Sampled:
+    """`draws` sampled generations of family `name` with `draft(model)` (default: a noisy copy of the target)."""
+    draws = draws or DRAWS[name]
     family = FAMILIES[name]
     model, inputs = build(name)
     without_eos(model)
     # (the self-check's text-only reference gives its own positions, so a Qwen2-VL that already saw an image passes)
-    decoder = specvlm.load(model, draft=ModelDrafter(perturbed_copy(model, scale=NOISE, seed=1), name="noisy"))
+    if draft is None:
+        draft = lambda m: ModelDrafter(perturbed_copy(m, scale=NOISE, seed=1), name="noisy")  # noqa: E731
+    decoder = specvlm.load(model, draft=draft(model))
     pairs: Counter[tuple[int, int]] = Counter()
     first_accepted: Counter[int] = Counter()
     started = time.perf_counter()
