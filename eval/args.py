@@ -150,7 +150,11 @@ def add_tree_args(parser: argparse.ArgumentParser) -> None:
         choices=TREE_CHOICES,
         help="draft tree shape (default: the decoder's default; a shape flag alone picks its tree)",
     )
-    group.add_argument("--growmap", metavar="PATH", help="static tree from a growmap file (JSON, or Sequoia .pt)")
+    group.add_argument(
+        "--growmap",
+        metavar="PATH",
+        help="static tree from a growmap file (JSON, Sequoia .pt, or Medusa/EAGLE tree choices as FILE.py:NAME)",
+    )
     for flag in SHAPE_FLAGS:  # the registry's shape flags: --depth, --B, --nodes, --threshold, --max-depth, ...
         group.add_argument(
             *flag.options, dest=flag.dest, type=_FLAG_TYPES[flag.value], metavar=flag.metavar, help=flag.help

@@ -33,6 +33,7 @@ from typing import Any
 from .builders.simple import template_from_branching
 from .errors import GrowmapError, SpecVLMError
 from .safe_load import load_torch_file
+from .tree_choices import load_choices, parents_from_choices, split_choices_spec
 
 FORMAT = "specvlm-growmap"
 VERSION = 1
@@ -293,12 +294,15 @@ def _load_torch(path: Path) -> object:
 
 # -- files --------------------------------------------------------------------------------------------------------
 def load_growmap(path: str | os.PathLike) -> Growmap:
-    """Read and validate a growmap: our JSON format (.json), or a Sequoia torch file (.pt / .pth)."""
-    path = Path(path).expanduser()
+    """Read and validate a growmap: our JSON format (.json), a Sequoia torch file (.pt / .pth), or Medusa/EAGLE
+    tree choices (`medusa_choices.py:mc_sim_7b_63`, or a JSON list of rank paths; see `tree_choices`)."""
+    path, choices_name = split_choices_spec(os.fspath(path))
     if not path.is_file():
         hint = " (it is a folder)" if path.is_dir() else ""
         raise GrowmapError(f"growmap file not found: {path}{hint}")
     suffix = path.suffix.lower()
+    if suffix == ".py":
+        return _choices_growmap(path, load_choices(path, choices_name))
     if suffix not in (".json", ".pt", ".pth"):
         with path.open("rb") as fh:
             head = fh.read(64).lstrip()
@@ -310,10 +314,19 @@ def load_growmap(path: str | os.PathLike) -> Growmap:
             raise GrowmapError(
                 f"{path} is not valid JSON ({err}): a growmap is a JSON object (or a Sequoia .pt)"
             ) from err
+        if isinstance(obj, list):  # Medusa/EAGLE tree choices written as JSON
+            return _choices_growmap(path, parents_from_choices(obj, str(path)))
         return growmap_from_dict(obj, str(path), source=path)
     parents = parents_from_sequoia(_load_torch(path), str(path))
     provenance = {k: "unknown" for k in PROVENANCE_KEYS}
     provenance.update(command=f"converted from the Sequoia growmap {path.name}", source_format="sequoia-pt")
+    return Growmap(parents, provenance, None, None, path)
+
+
+def _choices_growmap(path: Path, parents: tuple[int, ...]) -> Growmap:
+    check_parents(parents, str(path))
+    provenance = {k: "unknown" for k in PROVENANCE_KEYS}
+    provenance.update(command=f"converted from the tree choices in {path.name}", source_format="medusa-choices")
     return Growmap(parents, provenance, None, None, path)
 
 

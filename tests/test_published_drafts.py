@@ -22,6 +22,7 @@ from drafters.eagle import EagleDrafter
 from drafters.medusa import MedusaDrafter
 from specvlm.builders import BranchingTree, ChainTree, DynamicTree, OptTree
 from specvlm.drafting import DraftContext
+from specvlm.growmap import load_growmap
 
 VOCAB = 96
 LAYERS = 6  # EAGLE-3's default aux layers (2, L // 2, L - 3) = (2, 3, 3)
@@ -332,6 +333,42 @@ def test_every_layout_decodes_like_generate_with_every_tree(tmp_path: Path, layo
     mixed = specvlm.load(target, draft=f"{tmp_path / layout}+ngram")  # a mixture works as for any draft
     ids = random_prompts(1, seed=10, vocab=VOCAB)[0]
     assert mixed.generate(None, ids, max_new_tokens=20, tree=TREES[2]).tokens == hf_greedy(target, ids, 20)
+
+
+CHOICES_PY = """# tree choices, written as Medusa's medusa_choices.py writes them (a list of rank paths per name)
+import os
+
+TOPK = 10
+# root's 1st..3rd tokens; below the 1st, its head's 1st and 2nd; a spine below the best path
+small_7 = [[0], [0, 0], [1], [0, 1], [2], [0, 0, 0], [1, 0]]
+as_tuples = [(0,), (1,), (0, 0)]
+gap = [[0], [0, 1]]
+side_effect = os.system("echo this would have run")
+"""
+
+
+def test_medusa_tree_choices_run_as_static_trees_without_running_the_file(tmp_path: Path, capfd) -> None:
+    choices = tmp_path / "medusa_choices.py"
+    choices.write_text(CHOICES_PY)
+    # sorted by (depth, path): (0,) (1,) (2,) (0,0) (0,1) (1,0) (0,0,0); a node's children take ranks 0, 1, ...
+    assert load_growmap(f"{choices}:small_7").parents == (-1, 0, 0, 0, 1, 1, 2, 4)
+    assert load_growmap(f"{choices}:as_tuples").parents == (-1, 0, 0, 1)
+    (tmp_path / "choices.json").write_text(json.dumps([[0], [1], [0, 0]]))
+    assert load_growmap(tmp_path / "choices.json").parents == (-1, 0, 0, 1)
+    with pytest.raises(specvlm.GrowmapError, match=r"skips rank 0 below \[0\]"):
+        load_growmap(f"{choices}:gap")
+    with pytest.raises(specvlm.GrowmapError, match="name one"):
+        load_growmap(choices)
+    with pytest.raises(specvlm.GrowmapError, match="no list named 'side_effect'"):
+        load_growmap(f"{choices}:side_effect")
+    assert "would have run" not in capfd.readouterr().out  # the file was parsed, never executed
+
+    target = tiny_llama(seed=0, layers=LAYERS, vocab=VOCAB)
+    write_medusa(tmp_path / "md", target)
+    dec = specvlm.load(target, draft=str(tmp_path / "md"))
+    tree = specvlm.StaticTree(growmap=f"{choices}:small_7")
+    for ids in random_prompts(2, seed=12, vocab=VOCAB):
+        assert dec.generate(None, ids, max_new_tokens=20, tree=tree).tokens == hf_greedy(target, ids, 20)
 
 
 def test_a_mixture_of_two_layer_sets_hands_each_part_its_own_columns(tmp_path: Path) -> None:
