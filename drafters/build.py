@@ -15,6 +15,7 @@ from specvlm.models import TargetModel
 from specvlm.options import LoadOptions
 from specvlm.trees import make_tree
 
+from .datastore import Datastore, tokenizer_fingerprint
 from .eagle import EagleDrafter
 from .exits import SHIPPED_EXITS, load_exit
 from .feature_draft import is_feature_draft, load_feature_draft
@@ -25,7 +26,9 @@ from .mixture import MixtureDrafter
 from .model import ModelDrafter
 from .ngram import NGramDrafter
 from .published import Checkpoint, hub_head, is_published, read_checkpoint
-from .shipped import TARGET_NAME, fits, load_shipped
+from .retrieval import RetrievalDrafter
+from .shipped import TARGET_NAME, fits, load_shipped, shipped_datastore
+from .suffix import SuffixDrafter
 
 if TYPE_CHECKING:
     from .measured_default import DefaultWatch
@@ -61,6 +64,10 @@ def build(
         return load_shipped(target.model)
     if spec.kind == "ngram":
         return NGramDrafter(max_n=spec.n or 3)
+    if spec.kind == "sam":
+        return SuffixDrafter(min_match=spec.n or 2)
+    if spec.kind == "rest":
+        return retrieval_drafter(spec, target)
     if spec.kind == "layerskip":
         return layer_skip_drafter(spec, target)
     if spec.kind in HEAD_KINDS:
@@ -85,6 +92,13 @@ def published_drafter(ck: Checkpoint, target: TargetModel) -> Drafter:
     if ck.layout == "medusa":
         return MedusaDrafter(ck, target)
     return EagleDrafter(ck, target)
+
+
+def retrieval_drafter(spec: DraftSpec, target: TargetModel) -> Drafter:
+    """`rest:FOLDER`: a datastore built with this target's tokenizer (checked); bare `rest`: the embedded target's."""
+    store = Datastore(spec.path) if spec.path else shipped_datastore(target.model)
+    store.check_tokenizer(tokenizer_fingerprint(target.tokenizer), target.vocab_size)
+    return RetrievalDrafter(store)
 
 
 def default_drafter(target: TargetModel, opts: LoadOptions, draft_tokenizer: Any | None = None) -> Drafter:

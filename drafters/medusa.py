@@ -4,7 +4,8 @@ Head i (0-based) reads the target's last hidden state h (final-normed) at positi
 `medusa_num_layers` residual blocks x + SiLU(W x + b) (keys `{i}.{j}.linear.weight` / `.bias`), then an output
 projection `{i}.{medusa_num_layers}.weight` [V, H]. The root of a tree is the token at t + 1 (the target's own
 prediction), so the nodes at depth d propose with head d - 1's distribution, the same for every parent at that
-depth; below the last head nothing is proposed. Trees: any kind; Medusa's published tree choices as static trees (`specvlm.tree_choices`).
+depth; below the last head nothing is proposed. Trees: any kind; Medusa's published tree choices as static trees
+(`specvlm.tree_choices`).
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ language: mixing both lets one verification try either.  A source that proposes 
 e.g. no n-gram match) drops out there and the others are renormalised.  The mixture is a proper distribution, so
 sampled trees stay lossless.
 
-`copy_gate=n`: where the prompt n-grams match at least n tokens (a copy in progress), q is the n-gram source's
-alone and the other sources are not asked there, so copied chains cost no model-draft forward.  It applies only
-when every other source's session `supports_skips` (the feature draft does; a ModelDrafter does not, and with one
-the mixture always mixes).  q is still a proper distribution at every node (which one is decided from the context
-alone), so verification stays exact.
+`copy_gate=n`: where a weight-free source (prompt n-grams, the suffix automaton, a datastore: every
+`LookupSession`) matches at least n tokens, q is that source's alone and the other sources are not asked there, so
+copied chains cost no model-draft forward; where several match, the longest match wins (ties: the one listed
+first). It applies only when every other source's session `supports_skips` (the feature draft does; a ModelDrafter
+does not, and with one the mixture always mixes).  q is still a proper distribution at every node (which source
+gives it is decided from the context alone), so verification stays exact.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from specvlm.drafting import DraftContext, Drafter, DraftSession
 
-from .ngram import NGramSession
+from .lookup import LookupSession
 
 
 def mix_logits(parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
@@ -68,26 +69,37 @@ class MixtureSession(DraftSession):
         self.layers = layers or [None] * len(sessions)  # per session: (the mixture's layers, its own), or None
         self.weights = weights
         self.wants_target_feedback = any(s.wants_target_feedback for s in sessions)
-        copier = next((s for s in sessions if isinstance(s, NGramSession)), None) if copy_gate else None
+        lookups = [s for s in sessions if isinstance(s, LookupSession)] if copy_gate else []
         # gate only when every other source can be left out at some nodes and steps (a ModelSession cannot)
-        others_skip = all(s.supports_skips for s in sessions if s is not copier)
-        self.copier = copier if others_skip else None
+        others_skip = all(s.supports_skips for s in sessions if s not in lookups)
+        self.lookups = lookups if others_skip else []
         self.copy_gate = copy_gate
 
     def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
-        if self.copier is None:
+        if not self.lookups:
             return mix_logits([s.logits(nodes, tokens, parents) for s in self.sessions], self.weights)
-        lengths, counts = self.copier.proposals(nodes, tokens, parents)
-        copied = mix_logits([counts], [1.0])  # [K, V] log q of the copier
-        rest = [i for i, n in enumerate(lengths) if n < self.copy_gate]  # rows where every source is asked
-        if not rest:
-            return copied
-        rest_nodes = [nodes[i] for i in rest]
-        parts = [copied[rest] if s is self.copier else s.logits(rest_nodes, tokens, parents) for s in self.sessions]
-        mixed = mix_logits(parts, self.weights)  # [R, W], W >= V
-        out = torch.full((len(nodes), mixed.shape[-1]), -math.inf, device=mixed.device)  # [K, W]
-        out[:, : copied.shape[-1]] = copied.to(mixed.device)
-        out[rest] = mixed
+        found = {id(s): s.proposals(nodes, tokens, parents) for s in self.lookups}  # lengths [K], log counts [K, V]
+        width = max(f[1].shape[-1] for f in found.values())
+        out = torch.full((len(nodes), width), -math.inf)  # [K, W]
+        rest: list[int] = []  # rows where no free source matches copy_gate tokens: every source is asked
+        for row in range(len(nodes)):
+            lengths = [found[id(s)][0][row] for s in self.lookups]
+            best = max(range(len(lengths)), key=lambda i: (lengths[i], -i))  # the longest; ties: the first
+            if lengths[best] >= self.copy_gate:
+                q = found[id(self.lookups[best])][1][row : row + 1]  # [1, V_i]
+                out[row, : q.shape[-1]] = mix_logits([q], [1.0])[0]
+            else:
+                rest.append(row)
+        if rest:
+            rest_nodes = [nodes[i] for i in rest]
+            parts = [
+                found[id(s)][1][rest] if id(s) in found else s.logits(rest_nodes, tokens, parents)
+                for s in self.sessions
+            ]
+            mixed = mix_logits(parts, self.weights)  # [R, W'], W' >= V
+            if mixed.shape[-1] > out.shape[-1]:
+                out = torch.cat([out, out.new_full((len(nodes), mixed.shape[-1] - width), -math.inf)], dim=-1)
+            out[rest, : mixed.shape[-1]] = mixed.to(out.device)
         return out
 
     def observe(self, tokens: list[int], parents: list[int], target_top: list[int]) -> None:

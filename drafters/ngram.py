@@ -7,17 +7,17 @@ real speedup, and a tree covers the several places a phrase occurs.
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 
 import torch
 
 from specvlm.drafting import DraftContext, Drafter, DraftSession
 
+from .lookup import LookupSession, tree_path
 
-class NGramSession(DraftSession):
-    supports_skips = True  # nothing is fed per node: each call reads the table
 
+class NGramSession(LookupSession):
     def __init__(self, prompt_ids: list[int], vocab_size: int, max_n: int, min_n: int):
         self.max_n, self.min_n, self.vocab = max_n, min_n, vocab_size
         self.seq: list[int] = []
@@ -43,30 +43,12 @@ class NGramSession(DraftSession):
 
     def _context(self, node: int, tokens: list[int], parents: list[int]) -> list[int]:
         """The last max_n committed tokens, then the tree path from the root down to `node`."""
-        path: list[int] = []
-        cur = node
-        while cur > 0:  # the root is already the last token of self.seq
-            path.append(tokens[cur])
-            cur = parents[cur]
-        return self.seq[-self.max_n :] + path[::-1]
+        return self.seq[-self.max_n :] + tree_path(node, tokens, parents)
 
-    def proposals(self, nodes: list[int], tokens: list[int], parents: list[int]) -> tuple[list[int], torch.Tensor]:
-        """For each node, the length of the n-gram its proposal comes from (0: it proposes nothing), and the log
-        counts of what followed that n-gram: [K, V], -inf elsewhere."""
-        lengths: list[int] = []
-        out = torch.full((len(nodes), self.vocab), -math.inf)  # [K, V]
-        for row, node in enumerate(nodes):
-            n, counts = self._match(self._context(node, tokens, parents))
-            lengths.append(n)
-            if counts:
-                ids = torch.tensor(list(counts.keys()), dtype=torch.long)
-                freq = torch.tensor(list(counts.values()), dtype=torch.float32)
-                keep = ids < self.vocab
-                out[row, ids[keep]] = torch.log(freq[keep])
-        return lengths, out
-
-    def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
-        return self.proposals(nodes, tokens, parents)[1]
+    def lookup(self, node: int, tokens: list[int], parents: list[int]) -> tuple[int, Iterable[tuple[int, float]]]:
+        """The longest n-gram (min_n .. max_n) ending at `node` that occurred before, and what followed it."""
+        n, counts = self._match(self._context(node, tokens, parents))
+        return n, counts.items() if counts else ()
 
     def commit(self, path: list[int], new_tokens: list[int]) -> None:
         self._extend(new_tokens)

@@ -2,8 +2,10 @@
 
     spec     := "" | mixture | part "+followers" | "+followers"
     mixture  := part ("+" part)+ ["@" N]            N: the copy gate, an n-gram length (0 = off)
-    part     := "trained" | "embedded" | ngram | layerskip | head | MODEL
+    part     := "trained" | "embedded" | ngram | sam | rest | layerskip | head | MODEL
     ngram    := ("ngram" | "prompt-lookup") [":" N]  1 <= N <= 16 (default 3)
+    sam      := ("sam" | "suffix") [":" N]            suffix automaton of the text; N: shortest match used (default 2)
+    rest     := ("rest" | "datastore") [":" PATH]     a retrieval datastore; bare: the embedded target's shipped one
     layerskip:= ("layerskip" | "layer-skip") ":" K [":" FOLDER]   1 <= K < layers; FOLDER "trained": shipped exits
     head     := ("eagle3" | "eagle" | "medusa") ":" PATH   a published EAGLE-3, EAGLE-1/2 or Medusa-1 checkpoint
     MODEL    := a hub id, a folder (a model, a trained feature draft, a published head: detected) or a .gguf file
@@ -25,14 +27,28 @@ from .errors import ConfigError
 #: what `specvlm.load(draft=...)` and every CLI's --draft accept, for help texts
 SPEC_HELP = (
     "'ngram' or 'ngram:N' (prompt lookup, n-grams up to N), 'trained' (the shipped draft of the embedded target), "
-    "'layerskip:K[:FOLDER]' (the target's first K layers; FOLDER or 'trained': a trained exit), 'eagle3:PATH', "
+    "'sam' (a suffix automaton of the prompt and the output), 'rest[:FOLDER]' (retrieval from a datastore; bare: "
+    "the embedded target's), 'layerskip:K[:FOLDER]' (the target's first K layers; FOLDER or 'trained': a trained "
+    "exit), 'eagle3:PATH', "
     "'eagle:PATH' or 'medusa:PATH' (a published EAGLE-3, EAGLE-1/2 or Medusa head, folder or hub id), 'embedded' "
     "(SmolLM2-135M as a draft), 'A+B[@N]' (a mixture; N = its copy gate, 0 = off), 'SPEC+followers', or a hub id, "
     "folder or .gguf file (default: measured for the embedded target, else ngram)"
 )
 #: what a spec names (`DraftSpec.kind`)
 DraftKind = Literal[
-    "default", "followers", "mixture", "trained", "embedded", "ngram", "layerskip", "eagle3", "eagle", "medusa", "model"
+    "default",
+    "followers",
+    "mixture",
+    "trained",
+    "embedded",
+    "ngram",
+    "sam",
+    "rest",
+    "layerskip",
+    "eagle3",
+    "eagle",
+    "medusa",
+    "model",
 ]
 #: the published-head prefixes (`eagle3:PATH`): the layout read is forced
 HEAD_KINDS = ("eagle3", "eagle", "medusa")
@@ -82,6 +98,18 @@ def parse_spec(text: str | os.PathLike | None) -> DraftSpec:
         if n and not (n.isdigit() and 1 <= int(n) <= NGRAM_MAX):
             raise ConfigError(f"bad n-gram draft {spec!r}: use 'ngram' or 'ngram:N' with 1 <= N <= {NGRAM_MAX}")
         return DraftSpec("ngram", spec, n=int(n) if n else 3)
+    if re.fullmatch(r"(sam|suffix)(:.*)?", spec):
+        _, _, n = spec.partition(":")
+        if n and not (n.isdigit() and 1 <= int(n) <= NGRAM_MAX):
+            raise ConfigError(
+                f"bad suffix draft {spec!r}: use 'sam' or 'sam:N' with N, the shortest match, 1..{NGRAM_MAX}"
+            )
+        return DraftSpec("sam", spec, n=int(n) if n else 2)
+    if re.fullmatch(r"(rest|datastore)(:.*)?", spec):
+        kind, colon, folder = spec.partition(":")
+        if colon and not folder.strip():
+            raise ConfigError(f"bad draft {spec!r}: write '{kind}:FOLDER' with a datastore folder, or bare 'rest'")
+        return DraftSpec("rest", spec, path=folder.strip() or None)
     if re.fullmatch(r"(layerskip|layer-skip)(:.*)?", spec):
         _, _, rest = spec.partition(":")
         k, _, folder = rest.partition(":")  # K is checked against the target's layer count when built

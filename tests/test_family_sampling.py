@@ -306,6 +306,16 @@ def sample(name: str, draft: Callable[[PreTrainedModel], Any] | None = None, dra
     return Sampled(name, draws, pairs, first_accepted, first, second, seconds, special)
 
 
+def sample_on_one_thread(name: str, draft: Callable[[PreTrainedModel], Any], draws: int) -> Sampled:
+    """`sample` with torch on one thread (the sampled runs are many small forwards), the thread count restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return sample(name, draft=draft, draws=draws)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module", params=list(DRAWS))
 def sampled(request: pytest.FixtureRequest) -> Iterator[Sampled]:
     before = torch.get_num_threads()

@@ -264,7 +264,7 @@ def test_copy_gate_never_skips_a_model_draft_that_cannot_catch_up() -> None:
     """A ModelDrafter's session cannot feed skipped ancestors: mixed with n-grams, it is asked at every node."""
     target = tiny_llama(seed=0, vocab=VOCAB)
     mixture = MixtureDrafter([ModelDrafter(tiny_llama(seed=5, vocab=VOCAB)), NGramDrafter(max_n=3)])
-    assert mixture.copy_gate == 2 and mixture.session(DraftContext(tuple([1, 2, 3, 1, 2, 3]), VOCAB)).copier is None
+    assert mixture.copy_gate == 2 and mixture.session(DraftContext(tuple([1, 2, 3, 1, 2, 3]), VOCAB)).lookups == []
     decoder = specvlm.load(target, draft=mixture)
     for ids in random_prompts(3, seed=9, vocab=VOCAB):
         ids = ids + ids  # the n-grams match: a gate would skip the model here

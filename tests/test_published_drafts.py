@@ -451,19 +451,14 @@ def test_an_unknown_layout_is_one_error(tmp_path: Path) -> None:
 @pytest.mark.slow  # ~40 s per family: 1200 sampled generations
 @pytest.mark.parametrize("family", ["mistral", "qwen2_vl"])  # a text target and an M-RoPE VLM target
 def test_eagle3_sampling_keeps_the_targets_two_token_law(tmp_path: Path, family: str) -> None:
-    from test_family_sampling import TEMPERATURE, chi_square, sample
+    from test_family_sampling import TEMPERATURE, chi_square, sample_on_one_thread
 
     def eagle3(model: nn.Module) -> str:
         layers = model.config.get_text_config().num_hidden_layers
         write_speculators(tmp_path / "sp", model, aux=[0, layers // 2, layers])
         return str(tmp_path / "sp")
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        sampled = sample(family, draft=eagle3, draws=1200)
-    finally:
-        torch.set_num_threads(before)
+    sampled = sample_on_one_thread(family, draft=eagle3, draws=1200)
     assert len(sampled.first_accepted) >= 2, sampled.first_accepted  # drafted tokens are accepted at times
     pvalue, cells = chi_square(sampled, TEMPERATURE)
     print(f"{family}: eagle3, {sampled.draws} draws, {cells} cells, chi-square p={pvalue:.3g}")
