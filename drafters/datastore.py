@@ -33,8 +33,8 @@ from specvlm.errors import ConfigError
 FORMAT, VERSION = "specvlm-datastore", 1
 META, TOKENS, SUFFIXES = "datastore.json", "tokens.npy", "suffixes.npy"
 SEPARATOR = -1
-#: a range wider than this is counted from an even sample of this many of its suffixes (they are sorted by the
-#: next token, so an even stride keeps each token's share)
+#: a range wider than this is counted from an even stride of about this many of its suffixes (they are sorted by
+#: the next token, so an even stride keeps each token's share)
 SAMPLE = 4096
 
 
@@ -151,9 +151,9 @@ class Datastore:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ConfigError(f"{meta_path} is not a version {VERSION} {FORMAT} file: build the datastore again")
         self.meta = meta
-        try:
-            self.tokens = np.load(self.folder / TOKENS, mmap_mode="r")
-            self.suffixes = np.load(self.folder / SUFFIXES, mmap_mode="r")
+        try:  # plain ndarray views of the maps: no copy, and without np.memmap's per-index overhead
+            self.tokens = np.asarray(np.load(self.folder / TOKENS, mmap_mode="r"))
+            self.suffixes = np.asarray(np.load(self.folder / SUFFIXES, mmap_mode="r"))
         except (OSError, ValueError) as err:
             raise ConfigError(f"{self.folder}: the datastore's arrays cannot be read ({err}): build it again") from err
         n = int(meta.get("tokens", -1))
@@ -210,14 +210,12 @@ class Datastore:
         return best
 
     def followers(self, match: Match) -> dict[int, float]:
-        """Each token that followed the pattern, with how often (estimated from an even sample of SAMPLE suffixes when
-        the range is wider); the separator (a document's end) is left out."""
-        if match.occurrences <= SAMPLE:
-            rows = np.arange(match.lo, match.hi)
-            scale = 1.0
-        else:
-            rows = match.lo + (np.arange(SAMPLE, dtype=np.int64) * match.occurrences) // SAMPLE
-            scale = match.occurrences / SAMPLE
-        after = self.tokens[np.asarray(self.suffixes[rows], dtype=np.int64) + match.length]
-        ids, counts = np.unique(after, return_counts=True)
-        return {int(t): float(c) * scale for t, c in zip(ids, counts, strict=True) if t != SEPARATOR}
+        """Each token that followed the pattern, with how often (estimated from an even stride of about SAMPLE
+        suffixes when the range is wider); the separator (a document's end) is left out."""
+        step = -(-match.occurrences // SAMPLE)  # 1 unless the range is wider than SAMPLE
+        starts = np.asarray(self.suffixes[match.lo : match.hi : step], dtype=np.int64)
+        after = self.tokens[starts + match.length]  # sorted: the suffixes share the pattern, then order by this token
+        bounds = np.concatenate(([0], np.flatnonzero(after[1:] != after[:-1]) + 1, [after.shape[0]]))
+        scale = match.occurrences / after.shape[0]
+        ids, counts = after[bounds[:-1]].tolist(), np.diff(bounds).tolist()
+        return {t: c * scale for t, c in zip(ids, counts, strict=True) if t != SEPARATOR}
