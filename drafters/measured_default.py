@@ -1,7 +1,8 @@
 """The embedded target's default draft, chosen by measured tokens/s on this machine (never slower than the simplest).
 
-Candidates: the shipped trained draft mixed with prompt n-grams, n-grams alone (each with a sized dynamic tree), and
-the autoregressive loop. Each decodes the same three calibration prompts written for this module (a summary, a
+Candidates: n-grams alone, the suffix automaton alone and mixed with the shipped datastore, the shipped trained draft
+mixed with prompt n-grams (each with a sized dynamic tree), and the autoregressive loop.
+Each decodes the same three calibration prompts written for this module (a summary, a
 question, an instruction: no benchmark's questions), the candidates taking turns prompt by prompt so that a burst of
 other work slows them all alike; the fastest total tokens/s wins, a tie within 3 % goes to the simpler one.  The
 choice is cached per model, device, dtype, threads and packing in `$SPECVLM_CACHE/defaults`, like the cost table.
@@ -40,9 +41,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("specvlm.defaults")
 
 #: bump when the candidates, the prompts or the shipped draft change, so older choices are measured again
-VERSION = 3
-#: (draft spec, tree name), simplest first: ties go to the earlier one
-CANDIDATES: tuple[tuple[str, str], ...] = (("ngram", "ar"), ("ngram", "dynamic"), ("trained+ngram", "dynamic"))
+VERSION = 4
+#: (draft spec, tree name), simplest first: ties go to the earlier one. The weight-free drafts first (prompt
+#: n-grams; the suffix automaton; it mixed with the shipped datastore of the target's own answers), then the trained
+#: draft mixed with n-grams
+CANDIDATES: tuple[tuple[str, str], ...] = (
+    ("ngram", "ar"),
+    ("ngram", "dynamic"),
+    ("sam", "dynamic"),
+    ("sam+rest", "dynamic"),
+    ("trained+ngram", "dynamic"),
+)
 #: a tie within this share of the best tokens/s goes to the simpler candidate
 TIE = 0.03
 NEW_TOKENS = 48
