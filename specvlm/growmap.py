@@ -314,7 +314,7 @@ def load_growmap(path: str | os.PathLike) -> Growmap:
             raise GrowmapError(
                 f"{path} is not valid JSON ({err}): a growmap is a JSON object (or a Sequoia .pt)"
             ) from err
-        if isinstance(obj, list):  # Medusa/EAGLE tree choices written as JSON
+        if isinstance(obj, list) and obj and all(isinstance(p, list) for p in obj):  # Medusa/EAGLE tree choices
             return _choices_growmap(path, parents_from_choices(obj, str(path)))
         return growmap_from_dict(obj, str(path), source=path)
     parents = parents_from_sequoia(_load_torch(path), str(path))
