@@ -78,24 +78,22 @@ class MixtureSession(DraftSession):
     def logits(self, nodes: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
         if not self.lookups:
             return mix_logits([s.logits(nodes, tokens, parents) for s in self.sessions], self.weights)
-        found = {id(s): s.proposals(nodes, tokens, parents) for s in self.lookups}  # lengths [K], log counts [K, V]
-        width = max(f[1].shape[-1] for f in found.values())
+        found = [s.proposals(nodes, tokens, parents) for s in self.lookups]  # per lookup: lengths [K], logs [K, V]
+        width = max(logs.shape[-1] for _, logs in found)
         out = torch.full((len(nodes), width), -math.inf)  # [K, W]
         rest: list[int] = []  # rows where no free source matches copy_gate tokens: every source is asked
         for row in range(len(nodes)):
-            lengths = [found[id(s)][0][row] for s in self.lookups]
+            lengths = [lens[row] for lens, _ in found]
             best = max(range(len(lengths)), key=lambda i: (lengths[i], -i))  # the longest; ties: the first
             if lengths[best] >= self.copy_gate:
-                q = found[id(self.lookups[best])][1][row : row + 1]  # [1, V_i]
+                q = found[best][1][row : row + 1]  # [1, V_i]
                 out[row, : q.shape[-1]] = mix_logits([q], [1.0])[0]
             else:
                 rest.append(row)
         if rest:
             rest_nodes = [nodes[i] for i in rest]
-            parts = [
-                found[id(s)][1][rest] if id(s) in found else s.logits(rest_nodes, tokens, parents)
-                for s in self.sessions
-            ]
+            asked = {id(s): logs[rest] for s, (_, logs) in zip(self.lookups, found, strict=True)}
+            parts = [asked[id(s)] if id(s) in asked else s.logits(rest_nodes, tokens, parents) for s in self.sessions]
             mixed = mix_logits(parts, self.weights)  # [R, W'], W' >= V
             if mixed.shape[-1] > out.shape[-1]:
                 out = torch.cat([out, out.new_full((len(nodes), mixed.shape[-1] - width), -math.inf)], dim=-1)

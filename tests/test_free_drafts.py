@@ -117,7 +117,8 @@ def test_datastore_lookups_match_brute_force_counts(tmp_path: Path) -> None:
 def test_a_wide_range_is_counted_from_an_even_sample(tmp_path: Path) -> None:
     docs = [[1, 2] if i % 4 else [1, 3] for i in range(20000)]  # "1" followed by 2 three times in four
     write_datastore(tmp_path / "ds", docs, vocab_size=8, tokenizer="t")
-    follow = Datastore(tmp_path / "ds").followers(Datastore(tmp_path / "ds").find([1]))
+    store = Datastore(tmp_path / "ds")
+    follow = store.followers(store.find([1]))
     assert set(follow) == {2, 3}
     assert follow[2] / (follow[2] + follow[3]) == pytest.approx(0.75, abs=0.01)
 
